@@ -1,0 +1,989 @@
+//! Configuration: raw YAML, then validated, then compiled.
+//!
+//! `load` reads `gateway.yaml` and every `policies/*.yaml` (in name order), checks them,
+//! and returns a [`GatewayConfig`] or every error found, each with file, YAML path and line.
+//! Turning a `GatewayConfig` into the live runtime (upstream pools, metric handles) is the
+//! job of `crate::runtime`.
+
+mod error;
+pub mod node;
+mod raw;
+mod secret;
+
+pub use error::{ConfigError, ConfigErrors, Diagnostics};
+pub use secret::{Secret, SecretRef};
+
+use crate::headers::HeaderHygiene;
+use crate::routing::path::normalize_config_path;
+use crate::routing::{HostPattern, PathMatch, RouteMatcher};
+use ipnet::IpNet;
+use node::{join_path, Node, Pos};
+use raw::*;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A fully validated configuration.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// The `gateway.yaml` this was loaded from.
+    pub source: PathBuf,
+    pub listeners: Vec<Listener>,
+    pub public_url: PublicUrl,
+    pub trusted_proxies: Vec<IpNet>,
+    pub admin: AdminConfig,
+    pub threads: usize,
+    pub upstreams: BTreeMap<String, UpstreamSpec>,
+    pub hygiene: HeaderHygiene,
+    pub case_insensitive_paths: bool,
+    pub watch_config: bool,
+    /// Files that were read, for the file watcher.
+    pub files: Vec<PathBuf>,
+    pub routes: Vec<RouteSpec>,
+    pub warnings: Vec<ConfigError>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    pub addr: SocketAddr,
+    pub tls: Option<TlsFiles>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// The URL users reach the gateway at; redirect URIs and cookie security derive from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicUrl {
+    pub https: bool,
+    /// Lower-case host, without port.
+    pub host: String,
+    pub port: Option<u16>,
+    /// `scheme://host[:port]`, no trailing slash.
+    pub origin: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub addr: SocketAddr,
+    pub token: Option<Secret>,
+}
+
+/// A validated upstream: where to send requests and how.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamSpec {
+    pub name: String,
+    /// Resolved addresses, each a round-robin target.
+    pub targets: Vec<SocketAddr>,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub write_timeout: Duration,
+    pub tls: Option<UpstreamTls>,
+    pub health_check: Option<HealthCheckSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamTls {
+    pub sni: String,
+    pub verify: bool,
+    pub ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCheckSpec {
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+/// What a route demands of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    /// Anyone; identity headers are still stripped.
+    Public,
+    /// Nobody: 403.
+    Deny,
+}
+
+impl AuthMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMode::Public => "public",
+            AuthMode::Deny => "deny",
+        }
+    }
+}
+
+/// A validated route, in precedence order.
+#[derive(Debug, Clone)]
+pub struct RouteSpec {
+    pub name: String,
+    pub file: PathBuf,
+    pub line: Option<u64>,
+    pub matcher: RouteMatcher,
+    pub auth: AuthMode,
+    pub upstream: Option<String>,
+}
+
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
+const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+const DEFAULT_HC_INTERVAL: Duration = Duration::from_secs(5);
+const DEFAULT_HC_TIMEOUT: Duration = Duration::from_secs(1);
+/// Largest config file we read; a policy set is kilobytes, so this only stops accidents.
+const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Loads and validates `gateway.yaml` and its policies. All errors are returned together.
+pub fn load(path: &Path) -> Result<GatewayConfig, ConfigErrors> {
+    let mut d = Diagnostics::new();
+    let text = match read_file(path) {
+        Ok(t) => t,
+        Err(msg) => {
+            d.error(path, "", None, msg);
+            return Err(ConfigErrors { errors: d.errors });
+        }
+    };
+    load_from_str(path, &text, &mut d)
+}
+
+/// Like [`load`], with the text of `gateway.yaml` given (the demo embeds its own).
+/// Policy paths are still relative to `path`'s directory.
+pub fn load_from_str(
+    path: &Path,
+    text: &str,
+    d: &mut Diagnostics,
+) -> Result<GatewayConfig, ConfigErrors> {
+    let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let Some(root) = parse_file(path, text, d) else {
+        return Err(ConfigErrors {
+            errors: std::mem::take(&mut d.errors),
+        });
+    };
+    let mut b = Builder {
+        file: path.to_path_buf(),
+        root: &root,
+        d,
+    };
+    let cfg = b.gateway(&base);
+    if b.d.errors.is_empty() {
+        if let Some(mut cfg) = cfg {
+            cfg.warnings = std::mem::take(&mut b.d.warnings);
+            return Ok(cfg);
+        }
+    }
+    Err(ConfigErrors {
+        errors: std::mem::take(&mut b.d.errors),
+    })
+}
+
+fn read_file(path: &Path) -> Result<String, String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read file: {e}"))?;
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(format!(
+            "file is {} bytes; the limit is {MAX_FILE_BYTES}",
+            meta.len()
+        ));
+    }
+    std::fs::read_to_string(path).map_err(|e| format!("cannot read file: {e}"))
+}
+
+fn parse_file(path: &Path, text: &str, d: &mut Diagnostics) -> Option<Node> {
+    match Node::parse(text) {
+        Ok(n) => Some(n),
+        Err(e) => {
+            let pos = e.location().and_then(|l| {
+                (l.line() > 0).then(|| Pos {
+                    line: l.line(),
+                    column: l.column(),
+                })
+            });
+            // The parser's own text carries a location we already print; keep its first line.
+            let msg = e.to_string();
+            let msg = msg.lines().next().unwrap_or("invalid YAML").to_string();
+            d.error(path, "", pos, format!("invalid YAML: {msg}"));
+            None
+        }
+    }
+}
+
+/// Validates one file's tree, reporting at the right place.
+struct Builder<'a> {
+    file: PathBuf,
+    root: &'a Node,
+    d: &'a mut Diagnostics,
+}
+
+impl<'a> Builder<'a> {
+    fn err(&mut self, path: &str, msg: impl Into<String>) {
+        let pos = self.root.locate(path);
+        self.d.error(&self.file, path, pos, msg);
+    }
+
+    fn warn(&mut self, path: &str, msg: impl Into<String>) {
+        let pos = self.root.locate(path);
+        self.d.warn(&self.file, path, pos, msg);
+    }
+
+    /// Decodes the node at `path` into `T`, reporting a structural error at its place.
+    fn decode<T: serde::de::DeserializeOwned>(&mut self, node: &Node, path: &str) -> Option<T> {
+        match node.decode::<T>() {
+            Ok(v) => Some(v),
+            Err(e) => {
+                let full = join_path(path, &e.path);
+                self.err(&full, e.message);
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, v: &Option<String>, path: &str, default: Duration) -> Duration {
+        match v {
+            None => default,
+            Some(s) => match humantime::parse_duration(s) {
+                Ok(d) if !d.is_zero() => d,
+                Ok(_) => {
+                    self.err(path, "must be greater than zero");
+                    default
+                }
+                Err(e) => {
+                    self.err(
+                        path,
+                        format!("invalid duration {s:?} ({e}); write e.g. 5s, 250ms, 2m"),
+                    );
+                    default
+                }
+            },
+        }
+    }
+
+    fn gateway(&mut self, base: &Path) -> Option<GatewayConfig> {
+        let root = self.root;
+        if !matches!(root.value, node::Value::Map(_)) {
+            self.err("", "expected a mapping of settings at the top of the file");
+            return None;
+        }
+        self.decode::<RawGatewayTop>(root, "")?;
+
+        for (key, feature) in [
+            ("session", "sessions"),
+            ("providers", "identity providers"),
+            ("populations", "populations"),
+            ("rate_limits", "rate limits"),
+            ("risk", "risk scoring"),
+        ] {
+            if root.get(key).is_some() {
+                self.err(
+                    key,
+                    format!("{feature} are not available in this version of Portcullis yet"),
+                );
+            }
+        }
+
+        let listeners = self.listeners(base);
+        let public_url = self.public_url();
+        let trusted_proxies = self.trusted_proxies();
+        let admin = self.admin(base);
+        let threads = match root.get("threads") {
+            None => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            Some(n) => match self.decode::<usize>(n, "threads") {
+                Some(t @ 1..=256) => t,
+                Some(_) => {
+                    self.err("threads", "must be between 1 and 256");
+                    1
+                }
+                None => 1,
+            },
+        };
+        let upstreams = self.upstreams(base);
+        let hygiene = self.hygiene();
+        let case_insensitive_paths = self.flag("case_insensitive_paths");
+        let watch_config = self.flag("watch_config");
+
+        let policies_rel = match root.get("policies") {
+            None => "policies".to_string(),
+            Some(n) => self.decode::<String>(n, "policies").unwrap_or_default(),
+        };
+        let mut files = vec![self.file.clone()];
+        let routes = load_policies(
+            &base.join(&policies_rel),
+            &self.file,
+            root.locate("policies"),
+            &upstreams,
+            case_insensitive_paths,
+            &mut files,
+            self.d,
+        );
+        if routes.is_empty() && self.d.errors.is_empty() {
+            self.warn(
+                "policies",
+                "no routes are defined: every request will get 404",
+            );
+        }
+
+        Some(GatewayConfig {
+            source: self.file.clone(),
+            listeners: listeners?,
+            public_url: public_url?,
+            trusted_proxies,
+            admin: admin?,
+            threads,
+            upstreams,
+            hygiene,
+            case_insensitive_paths,
+            watch_config,
+            files,
+            routes,
+            warnings: Vec::new(),
+        })
+    }
+
+    fn flag(&mut self, key: &str) -> bool {
+        match self.root.get(key) {
+            None => false,
+            Some(n) => self.decode::<bool>(n, key).unwrap_or(false),
+        }
+    }
+
+    fn listeners(&mut self, base: &Path) -> Option<Vec<Listener>> {
+        let Some(n) = self.root.get("listen") else {
+            self.err("listen", "missing: at least one listener is needed, e.g. `listen: [{ address: 0.0.0.0:8080 }]`");
+            return None;
+        };
+        let raw: Vec<RawListener> = self.decode(n, "listen")?;
+        if raw.is_empty() {
+            self.err("listen", "at least one listener is needed");
+        }
+        let mut out = Vec::new();
+        for (i, l) in raw.into_iter().enumerate() {
+            let path = format!("listen[{i}]");
+            let Some(addr) = self.socket_addr(&l.address, &format!("{path}.address")) else {
+                continue;
+            };
+            if out.iter().any(|o: &Listener| o.addr == addr) {
+                self.err(
+                    &format!("{path}.address"),
+                    format!("{addr} is listed twice"),
+                );
+            }
+            let tls = l.tls.map(|t| TlsFiles {
+                cert: base.join(&t.cert),
+                key: base.join(&t.key),
+            });
+            if let Some(t) = &tls {
+                for (f, what) in [(&t.cert, "cert"), (&t.key, "key")] {
+                    if let Err(e) = std::fs::File::open(f) {
+                        self.err(
+                            &format!("{path}.tls.{what}"),
+                            format!("cannot read {}: {e}", f.display()),
+                        );
+                    }
+                }
+            }
+            out.push(Listener { addr, tls });
+        }
+        Some(out)
+    }
+
+    fn socket_addr(&mut self, s: &str, path: &str) -> Option<SocketAddr> {
+        match s.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.err(
+                    path,
+                    format!("{s:?} is not an IP address and port, e.g. 0.0.0.0:8080 or [::1]:8080"),
+                );
+                None
+            }
+        }
+    }
+
+    fn public_url(&mut self) -> Option<PublicUrl> {
+        let Some(n) = self.root.get("public_url") else {
+            self.err(
+                "public_url",
+                "missing: the URL users reach the gateway at, e.g. https://shop.example.com",
+            );
+            return None;
+        };
+        let s: String = self.decode(n, "public_url")?;
+        match parse_public_url(&s) {
+            Ok(u) => Some(u),
+            Err(msg) => {
+                self.err("public_url", msg);
+                None
+            }
+        }
+    }
+
+    fn trusted_proxies(&mut self) -> Vec<IpNet> {
+        let Some(n) = self.root.get("trusted_proxies") else {
+            return Vec::new();
+        };
+        let raw: Vec<String> = self.decode(n, "trusted_proxies").unwrap_or_default();
+        let mut out = Vec::new();
+        for (i, s) in raw.iter().enumerate() {
+            let parsed = s
+                .parse::<IpNet>()
+                .or_else(|_| s.parse::<IpAddr>().map(IpNet::from));
+            match parsed {
+                Ok(net) => {
+                    if net.prefix_len() == 0 {
+                        self.warn(
+                            &format!("trusted_proxies[{i}]"),
+                            "trusts every address: any client can then choose its own client IP",
+                        );
+                    }
+                    out.push(net.trunc());
+                }
+                Err(_) => self.err(
+                    &format!("trusted_proxies[{i}]"),
+                    format!("{s:?} is not an IP address or CIDR network"),
+                ),
+            }
+        }
+        out
+    }
+
+    fn admin(&mut self, base: &Path) -> Option<AdminConfig> {
+        let Some(n) = self.root.get("admin") else {
+            return Some(AdminConfig {
+                addr: SocketAddr::from(([127, 0, 0, 1], 9090)),
+                token: None,
+            });
+        };
+        let raw: RawAdmin = self.decode(n, "admin")?;
+        let addr = self.socket_addr(&raw.address, "admin.address")?;
+        let token = match &raw.token {
+            None => None,
+            Some(r) => match Secret::resolve(r, base) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    self.err("admin.token", e);
+                    None
+                }
+            },
+        };
+        if !addr.ip().is_loopback() && raw.token.is_none() {
+            self.err(
+                "admin.token",
+                "the admin listener is not on a loopback address, so it needs a token \
+                 (`token: { env: PORTCULLIS_ADMIN_TOKEN }`)",
+            );
+        }
+        Some(AdminConfig { addr, token })
+    }
+
+    fn upstreams(&mut self, base: &Path) -> BTreeMap<String, UpstreamSpec> {
+        let mut out = BTreeMap::new();
+        let Some(n) = self.root.get("upstreams") else {
+            return out;
+        };
+        let node::Value::Map(entries) = &n.value else {
+            self.err(
+                "upstreams",
+                "expected a mapping of upstream name to settings",
+            );
+            return out;
+        };
+        for (k, v) in entries {
+            let node::Value::Str(name) = &k.value else {
+                self.err("upstreams", "upstream names must be strings");
+                continue;
+            };
+            let path = format!("upstreams.{name}");
+            if !valid_name(name) {
+                self.err(
+                    &path,
+                    "names use lower-case letters, digits, '-' and '_' (they become metric labels)",
+                );
+            }
+            let Some(raw) = self.decode::<RawUpstream>(v, &path) else {
+                continue;
+            };
+            if let Some(spec) = self.upstream(name, &raw, &path, base) {
+                out.insert(name.clone(), spec);
+            }
+        }
+        out
+    }
+
+    fn upstream(
+        &mut self,
+        name: &str,
+        raw: &RawUpstream,
+        path: &str,
+        base: &Path,
+    ) -> Option<UpstreamSpec> {
+        if raw.targets.is_empty() {
+            self.err(&format!("{path}.targets"), "at least one target is needed");
+        }
+        let mut targets = Vec::new();
+        let mut first_host: Option<String> = None;
+        for (i, t) in raw.targets.iter().enumerate() {
+            let tpath = format!("{path}.targets[{i}]");
+            if let Ok(a) = t.parse::<SocketAddr>() {
+                targets.push(a);
+                continue;
+            }
+            // A host name: resolved now, off the request path (Pingora would otherwise resolve
+            // it per connection with a blocking call).
+            let Some((host, port)) = t.rsplit_once(':') else {
+                self.err(
+                    &tpath,
+                    format!("{t:?} needs a port, e.g. app.internal:8080"),
+                );
+                continue;
+            };
+            if port.parse::<u16>().is_err() {
+                self.err(&tpath, format!("{t:?} has an invalid port"));
+                continue;
+            }
+            match t.to_socket_addrs() {
+                Ok(addrs) => {
+                    let before = targets.len();
+                    targets.extend(addrs);
+                    if targets.len() == before {
+                        self.err(&tpath, format!("{host} resolves to no address"));
+                    }
+                    first_host.get_or_insert_with(|| host.to_string());
+                }
+                Err(e) => self.err(&tpath, format!("cannot resolve {host}: {e}")),
+            }
+        }
+        targets.dedup();
+        let connect_timeout = self.duration(
+            &raw.connect_timeout,
+            &format!("{path}.connect_timeout"),
+            DEFAULT_CONNECT_TIMEOUT,
+        );
+        let read_timeout = self.duration(
+            &raw.read_timeout,
+            &format!("{path}.read_timeout"),
+            DEFAULT_READ_TIMEOUT,
+        );
+        let write_timeout = self.duration(
+            &raw.write_timeout,
+            &format!("{path}.write_timeout"),
+            DEFAULT_WRITE_TIMEOUT,
+        );
+        let tls = raw.tls.as_ref().and_then(|t| {
+            let sni = t.sni.clone().or_else(|| first_host.clone());
+            let Some(sni) = sni else {
+                self.err(
+                    &format!("{path}.tls.sni"),
+                    "TLS to an IP target needs `sni:`, the name the upstream's certificate is for",
+                );
+                return None;
+            };
+            let ca = t.ca.as_ref().map(|c| base.join(c));
+            if let Some(ca) = &ca {
+                if let Err(e) = std::fs::File::open(ca) {
+                    self.err(
+                        &format!("{path}.tls.ca"),
+                        format!("cannot read {}: {e}", ca.display()),
+                    );
+                }
+            }
+            if !t.verify {
+                self.warn(
+                    &format!("{path}.tls.verify"),
+                    "certificate verification is off: anyone on the network path can impersonate this upstream",
+                );
+            }
+            Some(UpstreamTls {
+                sni,
+                verify: t.verify,
+                ca,
+            })
+        });
+        let health_check = match &raw.health_check {
+            Some(h) if !h.enabled => None,
+            h => {
+                let (i, t) = h
+                    .as_ref()
+                    .map(|h| (h.interval.clone(), h.timeout.clone()))
+                    .unwrap_or_default();
+                Some(HealthCheckSpec {
+                    interval: self.duration(
+                        &i,
+                        &format!("{path}.health_check.interval"),
+                        DEFAULT_HC_INTERVAL,
+                    ),
+                    timeout: self.duration(
+                        &t,
+                        &format!("{path}.health_check.timeout"),
+                        DEFAULT_HC_TIMEOUT,
+                    ),
+                })
+            }
+        };
+        Some(UpstreamSpec {
+            name: name.to_string(),
+            targets,
+            connect_timeout,
+            read_timeout,
+            write_timeout,
+            tls,
+            health_check,
+        })
+    }
+
+    fn hygiene(&mut self) -> HeaderHygiene {
+        let mut extra = Vec::new();
+        if let Some(n) = self.root.get("strip_headers") {
+            let raw: Vec<String> = self.decode(n, "strip_headers").unwrap_or_default();
+            for (i, h) in raw.iter().enumerate() {
+                if h.is_empty() || !h.bytes().all(|b| b.is_ascii_graphic() && b != b':') {
+                    self.err(
+                        &format!("strip_headers[{i}]"),
+                        format!("{h:?} is not a header name"),
+                    );
+                } else {
+                    extra.push(h.clone());
+                }
+            }
+        }
+        HeaderHygiene::new(&extra)
+    }
+}
+
+/// Route and upstream names become metric labels and log fields, so keep them plain.
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+/// Parses `public_url`: an absolute http(s) URL with a host and nothing after it.
+pub fn parse_public_url(s: &str) -> Result<PublicUrl, String> {
+    let uri: http::Uri = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a URL like https://shop.example.com"))?;
+    let https = match uri.scheme_str() {
+        Some("https") => true,
+        Some("http") => false,
+        _ => {
+            return Err(format!(
+                "{s:?} must start with https:// (or http:// for local development)"
+            ))
+        }
+    };
+    let Some(auth) = uri.authority() else {
+        return Err(format!("{s:?} has no host"));
+    };
+    if auth.as_str().contains('@') {
+        return Err(format!("{s:?} must not contain user information"));
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(format!(
+            "{s:?} must be an origin only (scheme, host, port): Portcullis serves the whole host"
+        ));
+    }
+    let host = auth.host().to_ascii_lowercase();
+    let port = auth.port_u16();
+    let default_port = if https { 443 } else { 80 };
+    let origin = match port {
+        Some(p) if p != default_port => {
+            format!("{}://{host}:{p}", uri.scheme_str().unwrap_or("https"))
+        }
+        _ => format!("{}://{host}", uri.scheme_str().unwrap_or("https")),
+    };
+    Ok(PublicUrl {
+        https,
+        host,
+        port,
+        origin,
+    })
+}
+
+/// Reads every `*.yaml`/`*.yml` in `dir` (or the single file `dir`) in name order and
+/// validates the routes, in that order.
+fn load_policies(
+    dir: &Path,
+    gateway_file: &Path,
+    policies_pos: Option<Pos>,
+    upstreams: &BTreeMap<String, UpstreamSpec>,
+    case_insensitive: bool,
+    files: &mut Vec<PathBuf>,
+    d: &mut Diagnostics,
+) -> Vec<RouteSpec> {
+    let mut paths: Vec<PathBuf> = if dir.is_file() {
+        vec![dir.to_path_buf()]
+    } else {
+        match std::fs::read_dir(dir) {
+            Ok(rd) => rd
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.is_file()
+                        && matches!(
+                            p.extension().and_then(|e| e.to_str()),
+                            Some("yaml") | Some("yml")
+                        )
+                })
+                .collect(),
+            Err(e) => {
+                d.error(
+                    gateway_file,
+                    "policies",
+                    policies_pos,
+                    format!("cannot read policy directory {}: {e}", dir.display()),
+                );
+                return Vec::new();
+            }
+        }
+    };
+    paths.sort();
+    let mut routes: Vec<RouteSpec> = Vec::new();
+    for path in paths {
+        files.push(path.clone());
+        let text = match read_file(&path) {
+            Ok(t) => t,
+            Err(msg) => {
+                d.error(&path, "", None, msg);
+                continue;
+            }
+        };
+        let Some(root) = parse_file(&path, &text, d) else {
+            continue;
+        };
+        let mut b = Builder {
+            file: path.clone(),
+            root: &root,
+            d,
+        };
+        b.policy_file(upstreams, case_insensitive, &mut routes);
+    }
+    routes
+}
+
+impl Builder<'_> {
+    fn policy_file(
+        &mut self,
+        upstreams: &BTreeMap<String, UpstreamSpec>,
+        case_insensitive: bool,
+        routes: &mut Vec<RouteSpec>,
+    ) {
+        let root = self.root;
+        if matches!(root.value, node::Value::Null) {
+            self.warn("", "empty policy file");
+            return;
+        }
+        if self.decode::<RawPolicyFile>(root, "").is_none() {
+            return;
+        }
+        let route_nodes = match root.get("routes").map(|n| &n.value) {
+            Some(node::Value::Seq(items)) => items.as_slice(),
+            _ => &[],
+        };
+        for (i, rnode) in route_nodes.iter().enumerate() {
+            let path = format!("routes[{i}]");
+            let Some(raw) = self.decode::<RawRoute>(rnode, &path) else {
+                continue;
+            };
+            if let Some(spec) = self.route(raw, &path, rnode, upstreams, case_insensitive) {
+                if let Some(prev) = routes.iter().find(|r| r.name == spec.name) {
+                    self.err(
+                        &format!("{path}.name"),
+                        format!(
+                            "route name {:?} is already used in {}{}",
+                            spec.name,
+                            prev.file.display(),
+                            prev.line.map(|l| format!(":{l}")).unwrap_or_default()
+                        ),
+                    );
+                    continue;
+                }
+                if let Some(prev) = routes.iter().find(|r| r.matcher.shadows(&spec.matcher)) {
+                    self.warn(
+                        &path,
+                        format!(
+                            "route {:?} can never match: route {:?} before it matches everything it would",
+                            spec.name, prev.name
+                        ),
+                    );
+                }
+                routes.push(spec);
+            }
+        }
+    }
+
+    fn route(
+        &mut self,
+        raw: RawRoute,
+        path: &str,
+        rnode: &Node,
+        upstreams: &BTreeMap<String, UpstreamSpec>,
+        case_insensitive: bool,
+    ) -> Option<RouteSpec> {
+        let before = self.d.errors.len();
+        if !valid_name(&raw.name) {
+            self.err(
+                &format!("{path}.name"),
+                format!(
+                    "{:?}: route names use lower-case letters, digits, '-' and '_' (they become metric labels)",
+                    raw.name
+                ),
+            );
+        }
+        let auth = match raw.auth {
+            RawAuth::Public => AuthMode::Public,
+            RawAuth::Deny => AuthMode::Deny,
+            other => {
+                let name = match other {
+                    RawAuth::Login => "login",
+                    RawAuth::Bearer => "bearer",
+                    _ => "login_or_bearer",
+                };
+                self.err(
+                    &format!("{path}.auth"),
+                    format!("auth mode `{name}` is not available in this version yet (use public or deny)"),
+                );
+                AuthMode::Deny
+            }
+        };
+        for (present, key) in [
+            (raw.require.is_some(), "require"),
+            (raw.step_up.is_some(), "step_up"),
+            (
+                raw.deny_when_risk_at_least.is_some(),
+                "deny_when_risk_at_least",
+            ),
+            (raw.rate_limits.is_some(), "rate_limits"),
+            (raw.headers.is_some(), "headers"),
+            (raw.journey.is_some(), "journey"),
+            (raw.bearer.is_some(), "bearer"),
+            (raw.providers.is_some(), "providers"),
+            (raw.population.is_some(), "population"),
+            (raw.api.is_some(), "api"),
+        ] {
+            if present {
+                self.err(
+                    &format!("{path}.{key}"),
+                    format!("`{key}` is not available in this version yet"),
+                );
+            }
+        }
+
+        let matcher = self.matcher(raw.matcher, &format!("{path}.match"), case_insensitive);
+        let upstream = match (&raw.upstream, auth) {
+            (Some(u), _) => {
+                if !upstreams.contains_key(u) {
+                    let known: Vec<&str> = upstreams.keys().map(String::as_str).collect();
+                    self.err(
+                        &format!("{path}.upstream"),
+                        format!(
+                            "unknown upstream {u:?} (defined: {})",
+                            if known.is_empty() {
+                                "none".to_string()
+                            } else {
+                                known.join(", ")
+                            }
+                        ),
+                    );
+                }
+                Some(u.clone())
+            }
+            (None, AuthMode::Deny) => None,
+            (None, _) => {
+                self.err(
+                    &format!("{path}.upstream"),
+                    "missing: which upstream serves this route",
+                );
+                None
+            }
+        };
+        if self.d.errors.len() > before {
+            return None;
+        }
+        Some(RouteSpec {
+            name: raw.name,
+            file: self.file.clone(),
+            line: rnode.pos.map(|p| p.line),
+            matcher: matcher?,
+            auth,
+            upstream,
+        })
+    }
+
+    fn matcher(&mut self, m: RawMatch, path: &str, case_insensitive: bool) -> Option<RouteMatcher> {
+        let mut ok = true;
+        let mut hosts = Vec::new();
+        for (i, h) in m
+            .host
+            .map(OneOrMany::into_vec)
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+        {
+            match HostPattern::parse(h) {
+                Ok(p) => hosts.push(p),
+                Err(msg) => {
+                    self.err(
+                        &format!("{path}.host[{i}]").replace(".host[0]", ".host"),
+                        msg,
+                    );
+                    ok = false;
+                }
+            }
+        }
+        let path_match = match (m.path, m.path_prefix) {
+            (Some(_), Some(_)) => {
+                self.err(path, "use either `path` (exact) or `path_prefix`, not both");
+                ok = false;
+                PathMatch::Any
+            }
+            (Some(p), None) => match self.config_path(&p, &format!("{path}.path")) {
+                Some(p) => PathMatch::Exact(p),
+                None => {
+                    ok = false;
+                    PathMatch::Any
+                }
+            },
+            (None, Some(p)) => match self.config_path(&p, &format!("{path}.path_prefix")) {
+                Some(p) if p == "/" => PathMatch::Any,
+                Some(p) => PathMatch::Prefix(p),
+                None => {
+                    ok = false;
+                    PathMatch::Any
+                }
+            },
+            (None, None) => PathMatch::Any,
+        };
+        let mut methods = Vec::new();
+        for (i, mth) in m.methods.iter().enumerate() {
+            let upper = mth.to_ascii_uppercase();
+            match http::Method::from_bytes(upper.as_bytes()) {
+                Ok(x) if !upper.is_empty() => methods.push(x),
+                _ => {
+                    self.err(
+                        &format!("{path}.methods[{i}]"),
+                        format!("{mth:?} is not an HTTP method"),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        ok.then(|| RouteMatcher::new(hosts, path_match, methods, case_insensitive))
+    }
+
+    fn config_path(&mut self, p: &str, path: &str) -> Option<String> {
+        match normalize_config_path(p) {
+            Ok(n) if n == p => Some(n),
+            Ok(n) => {
+                self.err(
+                    path,
+                    format!("{p:?} is not in normal form, so no request could match it as written; write {n:?}"),
+                );
+                None
+            }
+            Err(e) => {
+                self.err(path, format!("{p:?} is not a valid path: {e}"));
+                None
+            }
+        }
+    }
+}

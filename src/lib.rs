@@ -1,0 +1,17 @@
+//! Portcullis: a customer-identity authentication gateway on Pingora.
+//!
+//! Modules map one-to-one onto the jobs in the request path; `proxy` puts them in order.
+
+pub mod admin;
+pub mod config;
+pub mod demo;
+pub mod headers;
+pub mod metrics;
+pub mod policy;
+pub mod proxy;
+pub mod responses;
+pub mod routing;
+pub mod runtime;
+pub mod server;
+pub mod tasks;
+pub mod upstream;

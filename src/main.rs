@@ -1,0 +1,182 @@
+//! The `portcullis` command: `run`, `check` and `demo`.
+
+use clap::{Parser, Subcommand};
+use portcullis::{config, demo, server};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "portcullis",
+    version,
+    about = "Customer-identity authentication gateway"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Run {
+        /// Path of gateway.yaml (policies are found relative to it).
+        #[arg(long, short, default_value = "gateway.yaml")]
+        config: PathBuf,
+    },
+    /// Validate the configuration and print one line per route; exit 1 on any error.
+    Check {
+        #[arg(long, short, default_value = "gateway.yaml")]
+        config: PathBuf,
+    },
+    /// Run the gateway on its embedded defaults in front of a demo app (not for production).
+    Demo {
+        /// Port of the gateway (loopback only).
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        /// Port of the admin listener (loopback only).
+        #[arg(long, default_value_t = 9090)]
+        admin_port: u16,
+    },
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(
+        "info,pingora_core=warn,pingora_proxy=warn,pingora_load_balancing=warn",
+    ))
+    .init();
+    match Cli::parse().command {
+        Command::Check { config } => check(&config),
+        Command::Run { config } => run(&config),
+        Command::Demo { port, admin_port } => run_demo(port, admin_port),
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    match config::load(path) {
+        Ok(cfg) => {
+            for w in &cfg.warnings {
+                eprintln!("warning: {w}");
+            }
+            for r in &cfg.routes {
+                println!(
+                    "route {:<20} {:<7} -> {:<12} {}  ({}{})",
+                    r.name,
+                    r.auth.as_str(),
+                    r.upstream.as_deref().unwrap_or("-"),
+                    r.matcher.describe(),
+                    r.file.display(),
+                    r.line.map(|l| format!(":{l}")).unwrap_or_default()
+                );
+            }
+            println!(
+                "ok: {} route(s), {} upstream(s), {} listener(s)",
+                cfg.routes.len(),
+                cfg.upstreams.len(),
+                cfg.listeners.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!("{} error(s); configuration not valid", errors.len());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(path: &std::path::Path) -> ExitCode {
+    let cfg = match config::load(path) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!("{} error(s); not starting", errors.len());
+            return ExitCode::FAILURE;
+        }
+    };
+    for w in &cfg.warnings {
+        log::warn!("{w}");
+    }
+    let listeners: Vec<String> = cfg
+        .listeners
+        .iter()
+        .map(|l| {
+            format!(
+                "{}{}",
+                if l.tls.is_some() {
+                    "https://"
+                } else {
+                    "http://"
+                },
+                l.addr
+            )
+        })
+        .collect();
+    let admin = cfg.admin.addr;
+    match server::build(cfg, Vec::new()) {
+        Ok((server, _gw)) => {
+            log::info!(
+                "portcullis listening on {}; admin on http://{admin}",
+                listeners.join(", ")
+            );
+            server.run_forever()
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_demo(port: u16, admin_port: u16) -> ExitCode {
+    let app_port = match demo::free_port() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: no free port for the demo app: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let dir = std::env::temp_dir().join(format!("portcullis-demo-{}", std::process::id()));
+    let path = match demo::write_config(&dir, port, admin_port, app_port) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!(
+                "error: cannot write the demo configuration to {}: {e}",
+                dir.display()
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let cfg = match config::load(&path) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match server::build(cfg, vec![Box::new(demo::app_service(app_port))]) {
+        Ok((server, _gw)) => {
+            println!();
+            println!("  Portcullis demo is running (development only: plain http on loopback).");
+            println!();
+            println!("    Open      http://127.0.0.1:{port}/");
+            println!("    Denied    http://127.0.0.1:{port}/admin");
+            println!("    Metrics   http://127.0.0.1:{admin_port}/metrics");
+            println!("    Config    {}", path.display());
+            println!();
+            println!("  Try a spoofed identity header; the demo app will not see it:");
+            println!("    curl -H 'X-Forwarded-User: admin' -H 'X_Auth_User: admin' http://127.0.0.1:{port}/");
+            println!();
+            println!("  Press Ctrl-C to stop.");
+            println!();
+            server.run_forever()
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            if matches!(e, server::StartError::Bind { .. }) {
+                eprintln!("hint: choose other ports with --port and --admin-port");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! The Pingora `ProxyHttp` implementation. It only puts stages in order; each stage lives
+//! in its own module.
+//!
+//! ```text
+//! new_ctx                  take one snapshot of the runtime for this request
+//! early_request_filter     request id, client address, normalise target and host, match route
+//! request_filter           refuse what could not be normalised (400), no route (404),
+//!                          policy decision (403); otherwise go on
+//! upstream_peer            choose a healthy target of the route's upstream
+//! upstream_request_filter  strip identity headers, set forwarding headers and request id,
+//!                          forward exactly the normalised target
+//! response_filter          request id on every response
+//! fail_to_proxy            the one place errors become responses (502, 504, ...)
+//! logging                  metrics
+//! ```
+
+mod stages;
+
+use crate::runtime::{Gateway, Runtime};
+use async_trait::async_trait;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+pub use stages::RequestTarget;
+
+/// Per-request state, created by `new_ctx`.
+pub struct RequestCtx {
+    /// The configuration this request runs under, start to end.
+    pub rt: Arc<Runtime>,
+    pub started: Instant,
+    pub request_id: String,
+    pub client_ip: Option<IpAddr>,
+    /// Whether the TCP peer is a trusted proxy (its forwarding headers are believed).
+    pub peer_trusted: bool,
+    pub tls: bool,
+    /// Normalised host (lower case, no port).
+    pub host: Option<String>,
+    pub target: Option<RequestTarget>,
+    /// Index into `rt.routes`.
+    pub route: Option<usize>,
+    /// Set when the request was refused before routing: the reason code for the 400.
+    pub rejected: Option<&'static str>,
+    /// The status we answered ourselves, when we did.
+    pub responded: Option<u16>,
+}
+
+/// The gateway's proxy logic.
+pub struct PortcullisProxy {
+    pub gateway: Arc<Gateway>,
+}
+
+#[async_trait]
+impl ProxyHttp for PortcullisProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            rt: self.gateway.snapshot(),
+            started: Instant::now(),
+            request_id: String::new(),
+            client_ip: None,
+            peer_trusted: false,
+            tls: false,
+            host: None,
+            target: None,
+            route: None,
+            rejected: None,
+            responded: None,
+        }
+    }
+
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        stages::identify(session, ctx);
+        stages::normalise_and_route(session, ctx);
+        Ok(())
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        stages::refuse_or_pass(session, ctx, &self.gateway.metrics).await
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        stages::choose_peer(ctx)
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        stages::prepare_upstream_request(session, upstream_request, ctx)
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        upstream_response.insert_header(crate::headers::X_REQUEST_ID, ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        stages::rescue(session, e, ctx, &self.gateway.metrics).await
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, e: &Error) -> bool {
+        // A client that goes away mid-request is not a gateway error worth an ERROR line.
+        matches!(e.etype(), ReadError | WriteError | ConnectionClosed)
+            && e.esource() == &ErrorSource::Downstream
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        stages::record(session, ctx);
+    }
+}
