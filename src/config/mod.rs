@@ -133,6 +133,26 @@ const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_HC_INTERVAL: Duration = Duration::from_secs(5);
 const DEFAULT_HC_TIMEOUT: Duration = Duration::from_secs(1);
+/// Keys `gateway.yaml` may have. The last five are reserved for features to come and
+/// answer with "not available yet" rather than "unknown".
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "listen",
+    "public_url",
+    "trusted_proxies",
+    "admin",
+    "threads",
+    "upstreams",
+    "strip_headers",
+    "case_insensitive_paths",
+    "watch_config",
+    "policies",
+    "session",
+    "providers",
+    "populations",
+    "rate_limits",
+    "risk",
+];
+
 /// Largest config file we read; a policy set is kilobytes, so this only stops accidents.
 const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
 
@@ -175,8 +195,28 @@ pub fn load_from_str(
         }
     }
     Err(ConfigErrors {
-        errors: std::mem::take(&mut b.d.errors),
+        errors: in_file_order(std::mem::take(&mut b.d.errors)),
     })
+}
+
+/// Orders errors by file (in the order files were read) and then by line, so the report
+/// reads top to bottom however the checks were run.
+fn in_file_order(mut errors: Vec<ConfigError>) -> Vec<ConfigError> {
+    let mut files: Vec<PathBuf> = Vec::new();
+    for e in &errors {
+        if !files.contains(&e.file) {
+            files.push(e.file.clone());
+        }
+    }
+    errors.sort_by_key(|e| {
+        let file = files
+            .iter()
+            .position(|f| f == &e.file)
+            .unwrap_or(usize::MAX);
+        let (line, col) = e.pos.map_or((0, 0), |p| (p.line, p.column));
+        (file, line, col)
+    });
+    errors
 }
 
 fn read_file(path: &Path) -> Result<String, String> {
@@ -200,13 +240,26 @@ fn parse_file(path: &Path, text: &str, d: &mut Diagnostics) -> Option<Node> {
                     column: l.column(),
                 })
             });
-            // The parser's own text carries a location we already print; keep its first line.
-            let msg = e.to_string();
-            let msg = msg.lines().next().unwrap_or("invalid YAML").to_string();
+            // The parser's own text repeats the location we already print; keep the rest of
+            // its first line.
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("invalid YAML");
+            let msg = strip_location_prefix(first).to_string();
             d.error(path, "", pos, format!("invalid YAML: {msg}"));
             None
         }
     }
+}
+
+/// `error: line 4 column 13: while parsing ...` → `while parsing ...`.
+fn strip_location_prefix(s: &str) -> &str {
+    let s = s.strip_prefix("error: ").unwrap_or(s);
+    if s.starts_with("line ") {
+        if let Some((_, rest)) = s.split_once(": ") {
+            return rest;
+        }
+    }
+    s
 }
 
 /// Validates one file's tree, reporting at the right place.
@@ -265,7 +318,7 @@ impl<'a> Builder<'a> {
             self.err("", "expected a mapping of settings at the top of the file");
             return None;
         }
-        self.decode::<RawGatewayTop>(root, "")?;
+        self.top_level_keys();
 
         for (key, feature) in [
             ("session", "sessions"),
@@ -338,6 +391,31 @@ impl<'a> Builder<'a> {
             routes,
             warnings: Vec::new(),
         })
+    }
+
+    /// Unknown top-level keys, each reported (serde would stop at the first).
+    fn top_level_keys(&mut self) {
+        let node::Value::Map(entries) = &self.root.value else {
+            return;
+        };
+        for (k, _) in entries {
+            match &k.value {
+                node::Value::Str(key) if TOP_LEVEL_KEYS.contains(&key.as_str()) => {}
+                node::Value::Str(key) => {
+                    let pos = k.pos;
+                    self.d.error(
+                        &self.file,
+                        key,
+                        pos,
+                        format!(
+                            "unknown key `{key}`, expected one of {}",
+                            TOP_LEVEL_KEYS.join(", ")
+                        ),
+                    );
+                }
+                _ => self.err("", "top-level keys must be strings"),
+            }
+        }
     }
 
     fn flag(&mut self, key: &str) -> bool {
@@ -971,6 +1049,17 @@ impl Builder<'_> {
     }
 
     fn config_path(&mut self, p: &str, path: &str) -> Option<String> {
+        // Only characters that every server reads the same way, encoded or not: a route for
+        // `/a:b` would otherwise miss a request for `/a%3Ab` that the upstream serves alike.
+        if let Some(c) = p.chars().find(|c| {
+            !(c.is_ascii_alphanumeric() || matches!(c, '/' | '-' | '.' | '_' | '~' | '%'))
+        }) {
+            self.err(
+                path,
+                format!("{p:?}: {c:?} is not allowed in a route path (use letters, digits, `/-._~` and %XX escapes)"),
+            );
+            return None;
+        }
         match normalize_config_path(p) {
             Ok(n) if n == p => Some(n),
             Ok(n) => {

@@ -382,7 +382,7 @@ mod tests {
     fn decode_error_names_the_path() {
         let n = Node::parse("name: x\nitems:\n  - a: one\n  - b: two\n").unwrap();
         let e = n.decode::<Doc>().unwrap_err();
-        assert_eq!(e.path, "items[1]");
+        assert_eq!(e.path, "items[1].b");
         assert!(e.message.contains("unknown field `b`"), "{}", e.message);
         assert_eq!(n.locate(&e.path).unwrap().line, 4);
     }

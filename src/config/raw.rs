@@ -6,32 +6,6 @@ use super::secret::SecretRef;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 
-/// `gateway.yaml`. Sections are decoded one by one (see `config::build`), so this struct
-/// only names the top-level keys; each value is decoded from its own node later.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)] // decoded only to check the key set
-pub struct RawGatewayTop {
-    pub listen: Option<IgnoredAny>,
-    pub public_url: Option<IgnoredAny>,
-    pub trusted_proxies: Option<IgnoredAny>,
-    pub admin: Option<IgnoredAny>,
-    pub threads: Option<IgnoredAny>,
-    pub upstreams: Option<IgnoredAny>,
-    pub strip_headers: Option<IgnoredAny>,
-    pub case_insensitive_paths: Option<IgnoredAny>,
-    pub watch_config: Option<IgnoredAny>,
-    pub policies: Option<IgnoredAny>,
-    /// Reserved for the federated-login, rate-limit and risk features: accepted by the
-    /// schema so that a config written for them gets a clear "not available" error rather
-    /// than "unknown key".
-    pub session: Option<IgnoredAny>,
-    pub providers: Option<IgnoredAny>,
-    pub rate_limits: Option<IgnoredAny>,
-    pub risk: Option<IgnoredAny>,
-    pub populations: Option<IgnoredAny>,
-}
-
 #[derive(Deserialize, Debug, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct RawListener {
