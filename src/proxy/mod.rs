@@ -33,6 +33,9 @@ pub struct RequestCtx {
     pub rt: Arc<Runtime>,
     pub started: Instant,
     pub request_id: String,
+    /// The TCP peer's address.
+    pub peer_ip: Option<IpAddr>,
+    /// The client's address: the peer, or what trusted proxies say it is.
     pub client_ip: Option<IpAddr>,
     /// Whether the TCP peer is a trusted proxy (its forwarding headers are believed).
     pub peer_trusted: bool,
@@ -62,6 +65,7 @@ impl ProxyHttp for PortcullisProxy {
             rt: self.gateway.snapshot(),
             started: Instant::now(),
             request_id: String::new(),
+            peer_ip: None,
             client_ip: None,
             peer_trusted: false,
             tls: false,

@@ -28,6 +28,7 @@ pub fn identify(session: &Session, ctx: &mut RequestCtx) {
         .client_addr()
         .and_then(|a| a.as_inet())
         .map(|a| a.ip());
+    ctx.peer_ip = peer;
     if let Some(peer) = peer {
         ctx.peer_trusted = ctx.rt.trusted_proxies.contains(peer);
         ctx.client_ip = Some(
@@ -42,6 +43,10 @@ pub fn identify(session: &Session, ctx: &mut RequestCtx) {
 /// normalised safely is marked for a 400 (answered in `refuse_or_pass`).
 pub fn normalise_and_route(session: &Session, ctx: &mut RequestCtx) {
     let req = session.req_header();
+    if req.headers.contains_key(header::TRANSFER_ENCODING) && sent_content_length(session) {
+        ctx.rejected = Some("conflicting-framing");
+        return;
+    }
     let target = match split_target(req.raw_path()) {
         Ok(t) => t,
         Err(reason) => {
@@ -65,6 +70,28 @@ pub fn normalise_and_route(session: &Session, ctx: &mut RequestCtx) {
     drop(match_path);
     ctx.host = host;
     ctx.target = Some(target);
+}
+
+/// True when the client sent `Content-Length` as well. Pingora drops it when
+/// `Transfer-Encoding` is present (RFC 9112 allows that), but a request framed two ways
+/// is the shape of request smuggling, so we refuse it outright. Only requests with
+/// `Transfer-Encoding` pay for re-reading the raw header block.
+fn sent_content_length(session: &Session) -> bool {
+    use pingora::protocols::http::ServerSession;
+    let ServerSession::H1(h1) = session.as_downstream() else {
+        return false;
+    };
+    let raw = h1.get_headers_raw_bytes();
+    let mut headers = vec![httparse::EMPTY_HEADER; session.req_header().headers.len() + 16];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(&raw) {
+        Ok(_) => req
+            .headers
+            .iter()
+            .any(|h| h.name.eq_ignore_ascii_case("content-length")),
+        // Pingora parsed it already; if we cannot, refuse rather than guess.
+        Err(_) => true,
+    }
 }
 
 /// Splits origin-form and absolute-form targets and normalises the path.
@@ -210,7 +237,7 @@ pub fn prepare_upstream_request(
     });
     headers::set_forwarding(
         up,
-        ctx.client_ip,
+        ctx.peer_ip,
         ctx.peer_trusted,
         ctx.tls,
         host_header.as_deref(),

@@ -59,9 +59,7 @@ impl HostPattern {
     fn covers(&self, other: &HostPattern) -> bool {
         match (self, other) {
             (a, b) if a == b => true,
-            (HostPattern::Suffix(s), HostPattern::Exact(h)) => {
-                self.matches(h) && !h.is_empty() && h.ends_with(s.as_str())
-            }
+            (HostPattern::Suffix(_), HostPattern::Exact(h)) => self.matches(h),
             (HostPattern::Suffix(s), HostPattern::Suffix(t)) => t.ends_with(s.as_str()),
             _ => false,
         }
