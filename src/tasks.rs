@@ -1,14 +1,14 @@
 //! Background work of a running gateway: upstream health checks, reload on `SIGHUP`,
 //! and (when `watch_config` is on) reload when a config file changes.
 
+use crate::config::FileStamps;
 use crate::runtime::Gateway;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 /// How often the task loop wakes up; health-check intervals are rounded up to it.
 const TICK: Duration = Duration::from_millis(500);
@@ -24,7 +24,7 @@ impl BackgroundService for GatewayTasks {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         spawn_sighup_reloader(self.gateway.clone());
         let mut last_check: HashMap<String, Instant> = HashMap::new();
-        let mut watched = FileStamps::default();
+        let mut failed: Option<FileStamps> = None;
         let mut last_watch = Instant::now();
         let mut tick = tokio::time::interval(TICK);
         loop {
@@ -53,14 +53,18 @@ impl BackgroundService for GatewayTasks {
             }
             if rt.config.watch_config && last_watch.elapsed() >= WATCH_EVERY {
                 last_watch = Instant::now();
-                let files = rt.config.files.clone();
-                if watched.changed(&files) {
-                    let gw = self.gateway.clone();
+                let now = rt.config.current_stamps();
+                // Compared with the stamps taken when the running config was read, so a
+                // change made at any time after that load is seen; a failed reload is not
+                // retried until the files change again.
+                if now != rt.config.stamps && failed.as_ref() != Some(&now) {
                     log::info!("a configuration file changed; reloading");
-                    let _ = tokio::task::spawn_blocking(move || gw.reload()).await;
-                    // Take the stamps again so a failed reload is not retried until the
-                    // files change once more.
-                    watched.changed(&files);
+                    let gw = self.gateway.clone();
+                    let ok = matches!(
+                        tokio::task::spawn_blocking(move || gw.reload()).await,
+                        Ok(Ok(_))
+                    );
+                    failed = (!ok).then_some(now);
                 }
             }
         }
@@ -85,47 +89,4 @@ fn spawn_sighup_reloader(gateway: Arc<Gateway>) {
             let _ = tokio::task::spawn_blocking(move || gw.reload()).await;
         }
     });
-}
-
-/// Modification times and sizes of the watched files (and the policy directory listing).
-#[derive(Default)]
-struct FileStamps {
-    stamps: Vec<(PathBuf, Option<(SystemTime, u64)>)>,
-    dir_listing: Vec<PathBuf>,
-}
-
-impl FileStamps {
-    /// True when anything differs from the last call (the first call records only).
-    fn changed(&mut self, files: &[PathBuf]) -> bool {
-        let stamps: Vec<_> = files
-            .iter()
-            .map(|f| {
-                let m = std::fs::metadata(f).ok();
-                (
-                    f.clone(),
-                    m.and_then(|m| Some((m.modified().ok()?, m.len()))),
-                )
-            })
-            .collect();
-        // New policy files appear in the directory of the policy files already read.
-        let mut listing: Vec<PathBuf> = files
-            .iter()
-            .skip(1)
-            .filter_map(|f| f.parent().map(|p| p.to_path_buf()))
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .flat_map(|dir| {
-                std::fs::read_dir(dir)
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|e| e.ok().map(|e| e.path()))
-            })
-            .collect();
-        listing.sort();
-        let first = self.stamps.is_empty();
-        let changed = stamps != self.stamps || listing != self.dir_listing;
-        self.stamps = stamps;
-        self.dir_listing = listing;
-        changed && !first
-    }
 }

@@ -32,16 +32,24 @@ impl Upstream {
     pub fn new(spec: &UpstreamSpec) -> Result<Upstream, String> {
         let mut lb = LoadBalancer::<RoundRobin>::try_from_iter(spec.targets.iter().copied())
             .map_err(|e| format!("upstream {}: {e}", spec.name))?;
+        let ca = match spec.tls.as_ref().and_then(|t| t.ca.as_ref()) {
+            Some(path) => Some(load_ca(path)?),
+            None => None,
+        };
         if let Some(hc) = &spec.health_check {
             let mut check = match &spec.tls {
                 Some(t) => TcpHealthCheck::new_tls(&t.sni),
                 None => TcpHealthCheck::new(),
             };
-            check.peer_template.options.connection_timeout = Some(hc.timeout);
-            check.peer_template.options.total_connection_timeout = Some(hc.timeout);
+            let o = &mut check.peer_template.options;
+            o.connection_timeout = Some(hc.timeout);
+            o.total_connection_timeout = Some(hc.timeout);
+            // A TLS check must trust exactly what requests trust, or a private-CA upstream
+            // is reported down while it serves fine.
             if let Some(t) = &spec.tls {
-                check.peer_template.options.verify_cert = t.verify;
-                check.peer_template.options.verify_hostname = t.verify;
+                o.verify_cert = t.verify;
+                o.verify_hostname = t.verify;
+                o.ca = ca.clone();
             }
             // Two failures in a row before a target is taken out, so one dropped SYN does not
             // empty a single-target pool.
@@ -49,10 +57,6 @@ impl Upstream {
             check.consecutive_success = 1;
             lb.set_health_check(check);
         }
-        let ca = match spec.tls.as_ref().and_then(|t| t.ca.as_ref()) {
-            Some(path) => Some(load_ca(path)?),
-            None => None,
-        };
         Ok(Upstream {
             spec: spec.clone(),
             lb,

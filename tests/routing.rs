@@ -41,8 +41,14 @@ fn files_are_read_in_name_order_and_the_first_match_wins() {
             "routes:\n  - name: admin\n    match: { path_prefix: /admin }\n    auth: deny\n",
         ),
     ]);
-    assert_eq!(route(&rt, "shop.example.com", "/admin/users", Method::GET), Some("admin"));
-    assert_eq!(route(&rt, "shop.example.com", "/administrator", Method::GET), Some("shop"));
+    assert_eq!(
+        route(&rt, "shop.example.com", "/admin/users", Method::GET),
+        Some("admin")
+    );
+    assert_eq!(
+        route(&rt, "shop.example.com", "/administrator", Method::GET),
+        Some("shop")
+    );
     assert_eq!(rt.routes[0].auth, AuthMode::Deny);
 }
 
@@ -55,11 +61,23 @@ fn within_a_file_routes_are_tried_as_written() {
          \x20 - name: api-host\n    match: { host: \"*.example.com\", path_prefix: /api }\n    auth: deny\n\
          \x20 - name: rest\n    match: { path_prefix: / }\n    upstream: app\n    auth: public\n",
     )]);
-    assert_eq!(route(&rt, "a.example.com", "/api/x", Method::GET), Some("read-only"));
-    assert_eq!(route(&rt, "a.example.com", "/api/x", Method::POST), Some("api-host"));
-    assert_eq!(route(&rt, "example.com", "/api/x", Method::POST), Some("rest"));
-    assert_eq!(route(&rt, "A.Example.com", "/api/x", Method::POST), Some("rest"),
-        "the router expects hosts already normalised by the proxy; upper case is not a match");
+    assert_eq!(
+        route(&rt, "a.example.com", "/api/x", Method::GET),
+        Some("read-only")
+    );
+    assert_eq!(
+        route(&rt, "a.example.com", "/api/x", Method::POST),
+        Some("api-host")
+    );
+    assert_eq!(
+        route(&rt, "example.com", "/api/x", Method::POST),
+        Some("rest")
+    );
+    assert_eq!(
+        route(&rt, "A.Example.com", "/api/x", Method::POST),
+        Some("rest"),
+        "the router expects hosts already normalised by the proxy; upper case is not a match"
+    );
 }
 
 #[test]
@@ -68,7 +86,10 @@ fn no_route_means_none() {
         "p.yaml",
         "routes:\n  - name: only\n    match: { host: shop.example.com, path: /only }\n    upstream: app\n    auth: public\n",
     )]);
-    assert_eq!(route(&rt, "shop.example.com", "/only", Method::GET), Some("only"));
+    assert_eq!(
+        route(&rt, "shop.example.com", "/only", Method::GET),
+        Some("only")
+    );
     assert_eq!(route(&rt, "shop.example.com", "/only/", Method::GET), None);
     assert_eq!(route(&rt, "other.example.com", "/only", Method::GET), None);
 }
@@ -89,5 +110,9 @@ fn an_unreachable_route_is_warned_about() {
     .unwrap();
     let cfg = config::load(&dir.path().join("gateway.yaml")).unwrap();
     assert_eq!(cfg.warnings.len(), 1);
-    assert!(cfg.warnings[0].to_string().contains("can never match"), "{}", cfg.warnings[0]);
+    assert!(
+        cfg.warnings[0].to_string().contains("can never match"),
+        "{}",
+        cfg.warnings[0]
+    );
 }

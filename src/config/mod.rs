@@ -38,8 +38,11 @@ pub struct GatewayConfig {
     pub hygiene: HeaderHygiene,
     pub case_insensitive_paths: bool,
     pub watch_config: bool,
-    /// Files that were read, for the file watcher.
-    pub files: Vec<PathBuf>,
+    /// The policy directory (or single policy file).
+    pub policy_source: PathBuf,
+    /// Modification stamps of every file read, taken just before each was read, so the
+    /// file watcher can tell when anything changed since this load.
+    pub stamps: FileStamps,
     pub routes: Vec<RouteSpec>,
     pub warnings: Vec<ConfigError>,
 }
@@ -159,6 +162,7 @@ const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
 /// Loads and validates `gateway.yaml` and its policies. All errors are returned together.
 pub fn load(path: &Path) -> Result<GatewayConfig, ConfigErrors> {
     let mut d = Diagnostics::new();
+    let stamp = file_stamp(path);
     let text = match read_file(path) {
         Ok(t) => t,
         Err(msg) => {
@@ -166,7 +170,9 @@ pub fn load(path: &Path) -> Result<GatewayConfig, ConfigErrors> {
             return Err(ConfigErrors { errors: d.errors });
         }
     };
-    load_from_str(path, &text, &mut d)
+    let mut cfg = load_from_str(path, &text, &mut d)?;
+    cfg.stamps.entries[0].1 = stamp;
+    Ok(cfg)
 }
 
 /// Like [`load`], with the text of `gateway.yaml` given (the demo embeds its own).
@@ -359,14 +365,17 @@ impl<'a> Builder<'a> {
             None => "policies".to_string(),
             Some(n) => self.decode::<String>(n, "policies").unwrap_or_default(),
         };
-        let mut files = vec![self.file.clone()];
+        let policy_source = base.join(&policies_rel);
+        let mut stamps = FileStamps {
+            entries: vec![(self.file.clone(), file_stamp(&self.file))],
+        };
         let routes = load_policies(
-            &base.join(&policies_rel),
+            &policy_source,
             &self.file,
             root.locate("policies"),
             &upstreams,
             case_insensitive_paths,
-            &mut files,
+            &mut stamps,
             self.d,
         );
         if routes.is_empty() && self.d.errors.is_empty() {
@@ -387,7 +396,8 @@ impl<'a> Builder<'a> {
             hygiene,
             case_insensitive_paths,
             watch_config,
-            files,
+            policy_source,
+            stamps,
             routes,
             warnings: Vec::new(),
         })
@@ -778,6 +788,52 @@ pub fn parse_public_url(s: &str) -> Result<PublicUrl, String> {
     })
 }
 
+/// When a file was last changed, as far as the file system says (`None`: unreadable).
+pub type Stamp = Option<(std::time::SystemTime, u64)>;
+
+/// Modification time and size of each configuration file, in the order read.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct FileStamps {
+    pub entries: Vec<(PathBuf, Stamp)>,
+}
+
+fn file_stamp(path: &Path) -> Stamp {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+/// The policy files of `source` (a directory or one file), in name order.
+fn policy_files(source: &Path) -> std::io::Result<Vec<PathBuf>> {
+    if source.is_file() {
+        return Ok(vec![source.to_path_buf()]);
+    }
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(source)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.is_file()
+                && matches!(
+                    p.extension().and_then(|e| e.to_str()),
+                    Some("yaml") | Some("yml")
+                )
+        })
+        .collect();
+    paths.sort();
+    Ok(paths)
+}
+
+impl GatewayConfig {
+    /// The files' stamps now, to compare with [`GatewayConfig::stamps`]: a difference
+    /// (an edit, a new or removed policy file) means the configuration on disk changed.
+    pub fn current_stamps(&self) -> FileStamps {
+        let mut entries = vec![(self.source.clone(), file_stamp(&self.source))];
+        for p in policy_files(&self.policy_source).unwrap_or_default() {
+            let st = file_stamp(&p);
+            entries.push((p, st));
+        }
+        FileStamps { entries }
+    }
+}
+
 /// Reads every `*.yaml`/`*.yml` in `dir` (or the single file `dir`) in name order and
 /// validates the routes, in that order.
 fn load_policies(
@@ -786,38 +842,24 @@ fn load_policies(
     policies_pos: Option<Pos>,
     upstreams: &BTreeMap<String, UpstreamSpec>,
     case_insensitive: bool,
-    files: &mut Vec<PathBuf>,
+    stamps: &mut FileStamps,
     d: &mut Diagnostics,
 ) -> Vec<RouteSpec> {
-    let mut paths: Vec<PathBuf> = if dir.is_file() {
-        vec![dir.to_path_buf()]
-    } else {
-        match std::fs::read_dir(dir) {
-            Ok(rd) => rd
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| {
-                    p.is_file()
-                        && matches!(
-                            p.extension().and_then(|e| e.to_str()),
-                            Some("yaml") | Some("yml")
-                        )
-                })
-                .collect(),
-            Err(e) => {
-                d.error(
-                    gateway_file,
-                    "policies",
-                    policies_pos,
-                    format!("cannot read policy directory {}: {e}", dir.display()),
-                );
-                return Vec::new();
-            }
+    let paths = match policy_files(dir) {
+        Ok(p) => p,
+        Err(e) => {
+            d.error(
+                gateway_file,
+                "policies",
+                policies_pos,
+                format!("cannot read policy directory {}: {e}", dir.display()),
+            );
+            return Vec::new();
         }
     };
-    paths.sort();
     let mut routes: Vec<RouteSpec> = Vec::new();
     for path in paths {
-        files.push(path.clone());
+        stamps.entries.push((path.clone(), file_stamp(&path)));
         let text = match read_file(&path) {
             Ok(t) => t,
             Err(msg) => {
