@@ -3,13 +3,20 @@
 #
 # Measures, in one run and on loopback only:
 #   upstream     - a static nginx origin, hit directly (the ceiling)
-#   nginx-proxy  - nginx reverse-proxying to that origin (the peer baseline)
+#   nginx-proxy  - nginx reverse-proxying to that origin with pooled keep-alive
+#                  upstream connections (the peer baseline, tuned)
+#   nginx-default - nginx with proxy_pass as shipped (HTTP/1.0, a new upstream
+#                  connection per request): what most deployments run
+#   pingora-minimal - the smallest Pingora proxy (examples/minimal_proxy.rs):
+#                  the framework's own ceiling on this machine
 #   portcullis   - Portcullis's public (no-auth) route to that origin
 # and prints req/s, p50 and p99 for each plus same-run ratios. The same table
 # is written to bench/results/latest.md. See bench/README.md for the method.
 #
-# Usage: bench/run.sh [--duration N] [--connections N] [--no-build]
-#   --duration N     seconds of measured load per target (default: $DURATION or 10)
+# Usage: bench/run.sh [--duration N] [--connections N] [--rounds N] [--no-build]
+#   --duration N     seconds of measured load per target and round (default: $DURATION or 6)
+#   --rounds N       rounds over all targets, interleaved; medians are reported
+#                    (default: $ROUNDS or 3)
 #   --connections N  concurrent wrk connections (default: $CONNECTIONS or 50)
 #   --no-build       do not run `cargo build --release` first
 # Environment:
@@ -24,7 +31,8 @@ ROOT="$(cd "$BENCH_DIR/.." && pwd)"
 CONF_DIR="$BENCH_DIR/conf"
 RESULTS_DIR="$BENCH_DIR/results"
 
-DURATION="${DURATION:-10}"
+DURATION="${DURATION:-6}"
+ROUNDS="${ROUNDS:-3}"
 CONNECTIONS="${CONNECTIONS:-50}"
 BUILD=1
 THREADS=2                 # wrk threads for the measured run
@@ -42,12 +50,14 @@ while (($#)); do
         --duration=*) DURATION="${1#*=}"; shift ;;
         --connections) CONNECTIONS="${2:-}"; shift 2 || die "--connections needs a value" ;;
         --connections=*) CONNECTIONS="${1#*=}"; shift ;;
+        --rounds) ROUNDS="${2:-}"; shift 2 || die "--rounds needs a value" ;;
         --no-build) BUILD=0; shift ;;
         -h|--help) usage; exit 0 ;;
         *) usage >&2; die "unknown argument: $1" ;;
     esac
 done
 [[ "$DURATION" =~ ^[1-9][0-9]*$ ]] || die "--duration must be a positive integer (seconds), got '$DURATION'"
+[[ "$ROUNDS" =~ ^[1-9]$ ]] || die "--rounds must be 1 to 9, got '$ROUNDS'"
 [[ "$CONNECTIONS" =~ ^[1-9][0-9]*$ ]] || die "--connections must be a positive integer, got '$CONNECTIONS'"
 ((CONNECTIONS >= THREADS)) || die "--connections must be >= $THREADS (wrk threads)"
 ((DURATION <= 300)) || die "--duration is capped at 300 s to keep the run bounded"
@@ -128,22 +138,25 @@ NGINX="$(command -v nginx 2>/dev/null || echo /usr/sbin/nginx)"
 if ((BUILD)); then
     command -v cargo >/dev/null 2>&1 || die "cargo not found (use --no-build with a prebuilt binary)"
     log "cargo build --release (in $ROOT)"
-    (cd "$ROOT" && timeout "$BUILD_TIMEOUT" cargo build --release) || die "cargo build --release failed"
+    (cd "$ROOT" && timeout "$BUILD_TIMEOUT" cargo build --release --bin portcullis --example minimal_proxy) \
+        || die "cargo build --release failed"
 fi
 [[ -x "$PORTCULLIS_BIN" ]] || die "Portcullis binary not found or not executable: $PORTCULLIS_BIN"
+MINIMAL_BIN="${MINIMAL_BIN:-$ROOT/target/release/examples/minimal_proxy}"
+[[ -x "$MINIMAL_BIN" ]] || die "minimal Pingora proxy not built: cargo build --release --example minimal_proxy"
 
 # --------------------------------------------------------------------------
 # 2. Temp dir and free loopback ports
 # --------------------------------------------------------------------------
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/portcullis-bench.XXXXXX")"
 chmod 755 "$TMP"   # nginx workers may run as an unprivileged user
-mkdir -p "$TMP/upstream" "$TMP/proxy" "$TMP/gateway/policies" "$TMP/wrk"
+mkdir -p "$TMP/upstream" "$TMP/proxy" "$TMP/proxy-default" "$TMP/minimal" "$TMP/gateway/policies" "$TMP/wrk"
 
-# All sockets are held open together, so the four ports are distinct.
-read -r UP_PORT PROXY_PORT GW_PORT ADMIN_PORT < <(python3 - <<'PY'
+# All sockets are held open together, so the ports are distinct.
+read -r UP_PORT PROXY_PORT GW_PORT ADMIN_PORT DEF_PORT MIN_PORT < <(python3 - <<'PY'
 import socket
 socks = []
-for _ in range(4):
+for _ in range(6):
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.bind(("127.0.0.1", 0))
     socks.append(s)
@@ -152,10 +165,10 @@ for s in socks:
     s.close()
 PY
 )
-for p in "$UP_PORT" "$PROXY_PORT" "$GW_PORT" "$ADMIN_PORT"; do
+for p in "$UP_PORT" "$PROXY_PORT" "$GW_PORT" "$ADMIN_PORT" "$DEF_PORT" "$MIN_PORT"; do
     [[ "$p" =~ ^[0-9]+$ ]] || die "could not pick free loopback ports"
 done
-log "ports: upstream=$UP_PORT nginx-proxy=$PROXY_PORT portcullis=$GW_PORT admin=$ADMIN_PORT"
+log "ports: upstream=$UP_PORT nginx-proxy=$PROXY_PORT nginx-default=$DEF_PORT pingora-minimal=$MIN_PORT portcullis=$GW_PORT admin=$ADMIN_PORT"
 
 render() {   # render TEMPLATE OUT
     sed -e "s|@@TMP@@|$TMP|g" \
@@ -163,11 +176,13 @@ render() {   # render TEMPLATE OUT
         -e "s|@@PROXY_PORT@@|$PROXY_PORT|g" \
         -e "s|@@GW_PORT@@|$GW_PORT|g" \
         -e "s|@@ADMIN_PORT@@|$ADMIN_PORT|g" \
+        -e "s|@@DEF_PORT@@|$DEF_PORT|g" \
         "$1" >"$2"
     if grep -Eq '@@[A-Z_]+@@' "$2"; then die "unrendered placeholder in $2"; fi
 }
 render "$CONF_DIR/upstream.nginx.conf" "$TMP/upstream/nginx.conf"
 render "$CONF_DIR/proxy.nginx.conf" "$TMP/proxy/nginx.conf"
+render "$CONF_DIR/proxy-default.nginx.conf" "$TMP/proxy-default/nginx.conf"
 render "$CONF_DIR/gateway.yaml" "$TMP/gateway/gateway.yaml"
 render "$CONF_DIR/policies/bench.yaml" "$TMP/gateway/policies/bench.yaml"
 
@@ -204,6 +219,7 @@ start_nginx() {   # start_nginx NAME DIR PORT
     "$NGINX" -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" >"$dir/stdout.log" 2>&1 &
     pid=$!
     PIDS+=("$pid:$name:TERM")
+    TPID[$name]=$pid
     if ! wait_ready "$name" "$pid" "http://127.0.0.1:$port/" 100; then
         cat "$dir/error.log" "$dir/stdout.log" >&2 2>/dev/null || true
         die "$name (nginx) failed to start"
@@ -212,8 +228,19 @@ start_nginx() {   # start_nginx NAME DIR PORT
     log "$name ready (pid $pid)"
 }
 
+declare -A TPID
 start_nginx upstream "$TMP/upstream" "$UP_PORT"
 start_nginx nginx-proxy "$TMP/proxy" "$PROXY_PORT"
+start_nginx nginx-default "$TMP/proxy-default" "$DEF_PORT"
+
+"$MINIMAL_BIN" "127.0.0.1:$MIN_PORT" "127.0.0.1:$UP_PORT" 2 >"$TMP/minimal/stderr.log" 2>&1 </dev/null &
+MIN_PID=$!
+PIDS+=("$MIN_PID:pingora-minimal:INT")
+TPID[pingora-minimal]=$MIN_PID
+wait_ready pingora-minimal "$MIN_PID" "http://127.0.0.1:$MIN_PORT/" 300 \
+    || { cat "$TMP/minimal/stderr.log" >&2; die "pingora-minimal failed to start"; }
+check_body pingora-minimal "http://127.0.0.1:$MIN_PORT/"
+log "pingora-minimal ready (pid $MIN_PID)"
 
 GW_LOG="$TMP/gateway/stderr.log"
 GW_OUT="$TMP/gateway/stdout.log"
@@ -222,6 +249,7 @@ GW_OUT="$TMP/gateway/stdout.log"
 GW_PID=$!
 # Pingora: SIGINT = fast shutdown (SIGTERM waits out a long grace period).
 PIDS+=("$GW_PID:portcullis:INT")
+TPID[portcullis]=$GW_PID
 if ! wait_ready portcullis "$GW_PID" "http://127.0.0.1:$ADMIN_PORT/readyz" 300; then
     if kill -0 "$GW_PID" 2>/dev/null; then
         log "portcullis is running but /readyz never answered 2xx"
@@ -254,9 +282,20 @@ to_ms() {
         printf "%.3f", n * f }'
 }
 
-declare -A RPS P50 P99 ERRS REQS
-TARGETS=(upstream nginx-proxy portcullis)
-declare -A PORT=([upstream]=$UP_PORT [nginx-proxy]=$PROXY_PORT [portcullis]=$GW_PORT)
+declare -A RPS P50 P99 ERRS REQS CPU ALL_RPS ALL_P50 ALL_P99 ALL_CPU
+CLK_TCK="$(getconf CLK_TCK)"
+
+# cpu_ticks PID: user+system CPU ticks of PID and its children (nginx workers).
+cpu_ticks() {
+    local total=0 p t
+    for p in "$1" $(pgrep -P "$1" 2>/dev/null || true); do
+        t="$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)"
+        total=$((total + t))
+    done
+    echo "$total"
+}
+TARGETS=(upstream nginx-proxy nginx-default pingora-minimal portcullis)
+declare -A PORT=([upstream]=$UP_PORT [nginx-proxy]=$PROXY_PORT [nginx-default]=$DEF_PORT [pingora-minimal]=$MIN_PORT [portcullis]=$GW_PORT)
 SOCKET_ERRORS=0
 
 run_target() {
@@ -265,8 +304,11 @@ run_target() {
     timeout 30 wrk "${WARMUP_ARGS[@]}" "$url" >"$TMP/wrk/$name-warmup.txt" 2>&1 \
         || { cat "$TMP/wrk/$name-warmup.txt" >&2; die "$name: warm-up wrk failed"; }
     log "$name: wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency $url"
+    local t0 t1
+    t0="$(cpu_ticks "${TPID[$name]}")"
     timeout $((DURATION + 30)) wrk "-t$THREADS" "-c$CONNECTIONS" "-d${DURATION}s" --latency "$url" >"$out" 2>&1 \
         || { cat "$out" >&2; die "$name: wrk failed"; }
+    t1="$(cpu_ticks "${TPID[$name]}")"
 
     if grep -q 'Non-2xx or 3xx responses' "$out"; then
         cat "$out" >&2
@@ -277,6 +319,9 @@ run_target() {
     RPS[$name]="$v"
     REQS[$name]="$(awk '/ requests in / {print $1}' "$out")"
     [[ "${REQS[$name]:-0}" != 0 ]] || { cat "$out" >&2; die "$name: wrk completed no requests"; }
+    # CPU time the server spent per request (user + system, all its threads/workers):
+    # less sensitive than req/s to how the shared cores were divided in this run.
+    CPU[$name]="$(awk -v d=$((t1 - t0)) -v hz="$CLK_TCK" -v n="${REQS[$name]}" 'BEGIN { printf "%.1f", d / hz * 1e6 / n }')"
     v="$(awk '$1 == "50%" {print $2}' "$out")"; P50[$name]="$(to_ms "$v")" \
         || die "$name: could not parse p50 '$v'"
     v="$(awk '$1 == "99%" {print $2}' "$out")"; P99[$name]="$(to_ms "$v")" \
@@ -292,7 +337,21 @@ run_target() {
     check_body "$name" "$url"
 }
 
-for t in "${TARGETS[@]}"; do run_target "$t"; done
+# Rounds interleave the targets, so a slow patch of the machine hits all of them; the
+# median of each figure over the rounds is reported.
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.3f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+for ((round = 1; round <= ROUNDS; round++)); do
+    log "round $round of $ROUNDS"
+    for t in "${TARGETS[@]}"; do
+        run_target "$t"
+        ALL_RPS[$t]+=" ${RPS[$t]}"; ALL_P50[$t]+=" ${P50[$t]}"
+        ALL_P99[$t]+=" ${P99[$t]}"; ALL_CPU[$t]+=" ${CPU[$t]}"
+    done
+done
+for t in "${TARGETS[@]}"; do
+    RPS[$t]="$(median <<<"${ALL_RPS[$t]}")"; P50[$t]="$(median <<<"${ALL_P50[$t]}")"
+    P99[$t]="$(median <<<"${ALL_P99[$t]}")"; CPU[$t]="$(median <<<"${ALL_CPU[$t]}")"
+done
 
 # --------------------------------------------------------------------------
 # 5. Report
@@ -314,20 +373,26 @@ R_NX="$(ratio "${RPS[nginx-proxy]}" "${RPS[upstream]}")"
 L_PX="$(ratio "${P99[portcullis]}" "${P99[nginx-proxy]}")"
 L_UP="$(ratio "${P99[portcullis]}" "${P99[upstream]}")"
 M_PX="$(ratio "${P50[portcullis]}" "${P50[nginx-proxy]}")"
+R_DEF="$(ratio "${RPS[portcullis]}" "${RPS[nginx-default]}")"
+R_MIN="$(ratio "${RPS[portcullis]}" "${RPS[pingora-minimal]}")"
+R_MINPX="$(ratio "${RPS[pingora-minimal]}" "${RPS[nginx-proxy]}")"
 
 # Terminal table
 {
     echo
     echo "Portcullis benchmark  $DATE  commit $COMMIT  nproc $NPROC"
-    echo "wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency (after wrk ${WARMUP_ARGS[*]} warm-up), loopback"
+    echo "wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency (after wrk ${WARMUP_ARGS[*]} warm-up), loopback; median of $ROUNDS interleaved rounds"
     echo
-    printf '%-14s %12s %10s %10s %8s\n' target req/s "p50 ms" "p99 ms" errors
-    printf '%-14s %12s %10s %10s %8s\n' -------------- ------------ ---------- ---------- --------
+    printf '%-16s %10s %9s %9s %12s %7s\n' target req/s "p50 ms" "p99 ms" "cpu us/req" errors
+    printf '%-16s %10s %9s %9s %12s %7s\n' ---------------- ---------- --------- --------- ------------ -------
     for t in "${TARGETS[@]}"; do
-        printf '%-14s %12.0f %10.3f %10.3f %8s\n' "$t" "${RPS[$t]}" "${P50[$t]}" "${P99[$t]}" "${ERRS[$t]}"
+        printf '%-16s %10.0f %9.3f %9.3f %12s %7s\n' "$t" "${RPS[$t]}" "${P50[$t]}" "${P99[$t]}" "${CPU[$t]}" "${ERRS[$t]}"
     done
     echo
     printf '%-44s %s\n' "throughput  portcullis / nginx-proxy" "$R_PX"
+    printf '%-44s %s\n' "throughput  portcullis / nginx-default" "$R_DEF"
+    printf '%-44s %s\n' "throughput  portcullis / pingora-minimal" "$R_MIN"
+    printf '%-44s %s\n' "throughput  pingora-minimal / nginx-proxy" "$R_MINPX"
     printf '%-44s %s\n' "throughput  portcullis / upstream" "$R_UP"
     printf '%-44s %s\n' "throughput  nginx-proxy / upstream" "$R_NX"
     printf '%-44s %s\n' "p99         portcullis / nginx-proxy" "$L_PX"
@@ -344,18 +409,22 @@ mkdir -p "$RESULTS_DIR"
     echo "- Date: $DATE"
     echo "- Commit: \`$COMMIT\`"
     echo "- nproc: $NPROC (load generator and all servers share these cores)"
-    echo "- Load: \`wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency\` per target, after a \`wrk ${WARMUP_ARGS[*]}\` warm-up; loopback only"
+    echo "- Load: \`wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency\` per target, after a \`wrk ${WARMUP_ARGS[*]}\` warm-up; loopback only; medians of $ROUNDS interleaved rounds"
+    echo "- Per-round req/s: $(for t in "${TARGETS[@]}"; do printf '%s:%s; ' "$t" "${ALL_RPS[$t]# }"; done)"
     echo "- Tools: $NGINX_VER, wrk $WRK_VER, kernel $(uname -r)"
     echo
-    echo "| target | req/s | p50 ms | p99 ms | socket errors |"
-    echo "| --- | ---: | ---: | ---: | ---: |"
+    echo "| target | req/s | p50 ms | p99 ms | server CPU µs/req | socket errors |"
+    echo "| --- | ---: | ---: | ---: | ---: | ---: |"
     for t in "${TARGETS[@]}"; do
-        printf '| %s | %.0f | %.3f | %.3f | %s |\n' "$t" "${RPS[$t]}" "${P50[$t]}" "${P99[$t]}" "${ERRS[$t]}"
+        printf '| %s | %.0f | %.3f | %.3f | %s | %s |\n' "$t" "${RPS[$t]}" "${P50[$t]}" "${P99[$t]}" "${CPU[$t]}" "${ERRS[$t]}"
     done
     echo
     echo "| ratio (same run) | value |"
     echo "| --- | ---: |"
     echo "| throughput: portcullis / nginx-proxy | $R_PX |"
+    echo "| throughput: portcullis / nginx-default | $R_DEF |"
+    echo "| throughput: portcullis / pingora-minimal | $R_MIN |"
+    echo "| throughput: pingora-minimal / nginx-proxy | $R_MINPX |"
     echo "| throughput: portcullis / upstream | $R_UP |"
     echo "| throughput: nginx-proxy / upstream | $R_NX |"
     echo "| p99: portcullis / nginx-proxy | $L_PX |"

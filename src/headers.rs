@@ -220,56 +220,69 @@ fn parse_xff_entry(s: &str) -> Option<IpAddr> {
         .map(|a| canonical_ip(a.ip()))
 }
 
+/// Header names as values, so the request path never parses a constant name again.
+pub mod names {
+    use http::HeaderName;
+    pub static X_REQUEST_ID: HeaderName = HeaderName::from_static(super::X_REQUEST_ID);
+    pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static(super::X_FORWARDED_FOR);
+    pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static(super::X_FORWARDED_PROTO);
+    pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static(super::X_FORWARDED_HOST);
+    pub static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+}
+
 /// Sets `X-Forwarded-For`, `-Proto` and `-Host` on the upstream request. A trusted peer's
-/// chain is extended; anyone else's is replaced.
+/// chain is extended; anyone else's is replaced. `host` is the request's host as the
+/// client sent it (the `Host` header or the absolute-form authority).
 pub fn set_forwarding(
     req: &mut RequestHeader,
     peer: Option<IpAddr>,
     peer_trusted: bool,
     tls: bool,
-    host: Option<&str>,
+    host: Option<HeaderValue>,
 ) -> pingora::Result<()> {
     let peer_s = peer.map(|p| canonical_ip(p).to_string());
-    let incoming_xff = if peer_trusted {
-        let parts: Vec<&str> = req
-            .headers
-            .get_all(X_FORWARDED_FOR)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect();
-        (!parts.is_empty()).then(|| parts.join(", "))
+    let xff = if peer_trusted {
+        let mut chain = String::new();
+        for v in req.headers.get_all(&names::X_FORWARDED_FOR) {
+            if let Ok(s) = v.to_str() {
+                if !chain.is_empty() {
+                    chain.push_str(", ");
+                }
+                chain.push_str(s);
+            }
+        }
+        match peer_s {
+            Some(p) if chain.is_empty() => p,
+            Some(p) => {
+                chain.push_str(", ");
+                chain.push_str(&p);
+                chain
+            }
+            None => chain,
+        }
     } else {
-        None
+        peer_s.unwrap_or_default()
     };
-    let xff = match (incoming_xff, peer_s) {
-        (Some(chain), Some(p)) => format!("{chain}, {p}"),
-        (Some(chain), None) => chain,
-        (None, Some(p)) => p,
-        (None, None) => String::new(),
+    let scheme = if tls { "https" } else { "http" };
+    let proto = match req.headers.get(&names::X_FORWARDED_PROTO) {
+        Some(v) if peer_trusted && v.as_bytes().eq_ignore_ascii_case(b"https") => "https",
+        Some(v) if peer_trusted && v.as_bytes().eq_ignore_ascii_case(b"http") => "http",
+        _ => scheme,
     };
-    let proto_in = req
-        .headers
-        .get(X_FORWARDED_PROTO)
-        .and_then(|v| v.to_str().ok())
-        .map(|s| s.trim().to_ascii_lowercase());
-    let proto = match proto_in.as_deref() {
-        Some(p @ ("http" | "https")) if peer_trusted => p.to_string(),
-        _ => if tls { "https" } else { "http" }.to_string(),
-    };
-    let fwd_host = match req.headers.get(X_FORWARDED_HOST) {
+    let fwd_host = match req.headers.get(&names::X_FORWARDED_HOST) {
         Some(v) if peer_trusted && v.to_str().is_ok() => Some(v.clone()),
-        _ => host.and_then(|h| HeaderValue::from_str(h).ok()),
+        _ => host,
     };
-    req.remove_header(X_FORWARDED_FOR);
-    req.remove_header(X_FORWARDED_PROTO);
-    req.remove_header(X_FORWARDED_HOST);
-    req.remove_header("forwarded");
+    req.remove_header(&names::X_FORWARDED_FOR);
+    req.remove_header(&names::X_FORWARDED_PROTO);
+    req.remove_header(&names::X_FORWARDED_HOST);
+    req.remove_header(&names::FORWARDED);
     if !xff.is_empty() {
-        req.insert_header(X_FORWARDED_FOR, xff)?;
+        req.insert_header(names::X_FORWARDED_FOR.clone(), xff)?;
     }
-    req.insert_header(X_FORWARDED_PROTO, proto)?;
+    req.insert_header(names::X_FORWARDED_PROTO.clone(), proto)?;
     if let Some(h) = fwd_host {
-        req.insert_header(X_FORWARDED_HOST, h)?;
+        req.insert_header(names::X_FORWARDED_HOST.clone(), h)?;
     }
     Ok(())
 }
@@ -388,7 +401,7 @@ mod tests {
             Some("203.0.113.7".parse().unwrap()),
             false,
             false,
-            Some("shop.example.com"),
+            Some(HeaderValue::from_static("shop.example.com")),
         )
         .unwrap();
         assert_eq!(r.headers[X_FORWARDED_FOR], "203.0.113.7");
@@ -408,7 +421,7 @@ mod tests {
             Some("10.0.0.2".parse().unwrap()),
             true,
             false,
-            Some("h"),
+            Some(HeaderValue::from_static("h")),
         )
         .unwrap();
         assert_eq!(r.headers[X_FORWARDED_FOR], "198.51.100.9, 10.0.0.2");

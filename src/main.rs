@@ -5,6 +5,12 @@ use portcullis::{config, demo, server};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// mimalloc instead of glibc malloc: the proxy allocates small, short-lived buffers from
+/// several threads at once, where glibc's arena locks showed up in profiles (see
+/// bench/README.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "portcullis",

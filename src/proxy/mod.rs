@@ -114,7 +114,10 @@ impl ProxyHttp for PortcullisProxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        upstream_response.insert_header(crate::headers::X_REQUEST_ID, ctx.request_id.as_str())?;
+        upstream_response.insert_header(
+            crate::headers::names::X_REQUEST_ID.clone(),
+            ctx.request_id.as_str(),
+        )?;
         Ok(())
     }
 

@@ -1,7 +1,7 @@
 //! The single-purpose stages the proxy calls, in request order.
 
 use super::RequestCtx;
-use crate::headers::{self, X_REQUEST_ID};
+use crate::headers;
 use crate::metrics::Metrics;
 use crate::policy::{self, Decision};
 use crate::responses;
@@ -22,7 +22,7 @@ pub struct RequestTarget {
 /// Request id, client address, TLS.
 pub fn identify(session: &Session, ctx: &mut RequestCtx) {
     let req = session.req_header();
-    ctx.request_id = headers::request_id(req.headers.get(X_REQUEST_ID));
+    ctx.request_id = headers::request_id(req.headers.get(&headers::names::X_REQUEST_ID));
     ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
     let peer = session
         .client_addr()
@@ -222,30 +222,21 @@ pub fn prepare_upstream_request(
     ctx: &RequestCtx,
 ) -> Result<()> {
     ctx.rt.hygiene.strip(up);
-    let host = ctx
-        .target
-        .as_ref()
-        .and_then(|t| t.authority.as_deref())
-        .map(str::to_string);
-    let host_header = host.clone().or_else(|| {
-        session
-            .req_header()
-            .headers
-            .get(header::HOST)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    });
-    headers::set_forwarding(
-        up,
-        ctx.peer_ip,
-        ctx.peer_trusted,
-        ctx.tls,
-        host_header.as_deref(),
+    let authority = ctx.target.as_ref().and_then(|t| t.authority.as_deref());
+    let host = match authority {
+        Some(a) => http::HeaderValue::from_str(a).ok(),
+        None => session.req_header().headers.get(header::HOST).cloned(),
+    };
+    headers::set_forwarding(up, ctx.peer_ip, ctx.peer_trusted, ctx.tls, host.clone())?;
+    up.insert_header(
+        headers::names::X_REQUEST_ID.clone(),
+        ctx.request_id.as_str(),
     )?;
-    up.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
     if let Some(t) = &ctx.target {
-        up.set_raw_path(t.normalized.forward_target().as_bytes())?;
-        if let Some(h) = host {
+        if t.authority.is_some() || !t.normalized.is_target(up.raw_path()) {
+            up.set_raw_path(t.normalized.forward_target().as_bytes())?;
+        }
+        if let (Some(_), Some(h)) = (authority, host) {
             up.insert_header(header::HOST, h)?;
         }
     }

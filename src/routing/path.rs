@@ -192,6 +192,21 @@ impl NormalizedTarget {
     }
 
     /// path + "?" + query, the exact target to forward.
+    /// True when `raw` is already exactly [`Self::forward_target`], so the request line
+    /// can be forwarded as received (the common case, and it saves re-parsing a URI).
+    pub fn is_target(&self, raw: &[u8]) -> bool {
+        let path = self.path.as_bytes();
+        match &self.query {
+            None => raw == path,
+            Some(q) => {
+                raw.len() == path.len() + 1 + q.len()
+                    && raw.starts_with(path)
+                    && raw[path.len()] == b'?'
+                    && raw.ends_with(q.as_bytes())
+            }
+        }
+    }
+
     pub fn forward_target(&self) -> String {
         match &self.query {
             Some(query) => {
