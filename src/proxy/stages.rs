@@ -193,8 +193,19 @@ pub async fn send_error(
     let json = responses::wants_json(session.req_header().headers.get(header::ACCEPT));
     let (h, body) = responses::error_response(status, reason, &ctx.request_id, json)?;
     ctx.responded = Some(status);
-    // The body is complete; keep the connection only for benign refusals.
-    session.set_keepalive(if status == 400 { None } else { Some(60) });
+    // Keep the connection only for benign refusals of body-less requests: after a 400 the
+    // stream may be out of step, and an unread body would have to be drained first.
+    let req = session.req_header();
+    let has_body = req.headers.contains_key(header::TRANSFER_ENCODING)
+        || req
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
+    session.set_keepalive(if status == 400 || has_body {
+        None
+    } else {
+        Some(60)
+    });
     session.write_response_header(Box::new(h), false).await?;
     let end = session.req_header().method == http::Method::HEAD;
     session
@@ -256,7 +267,9 @@ pub async fn rescue(
             metrics.upstream_error(&up.spec.name, upstream_error_kind(e));
         }
     }
-    if status == 0 {
+    // Once the upstream's response has started, a page of our own cannot follow it: the
+    // connection is closed and the client sees a truncated response.
+    if status == 0 || session.response_written().is_some() {
         return FailToProxy {
             error_code: 0,
             can_reuse_downstream: false,
