@@ -73,6 +73,21 @@ pub const DEFAULT_STRIPPED: &[&str] = &[
     "x-original-url",
     "x-rewrite-url",
     "x-original-uri",
+    // method overrides honoured by Symfony, Laravel, Rails, Express middleware: a POST
+    // that the app treats as DELETE would get past a rule about DELETE
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    // scheme, host and prefix claims that Rack, Werkzeug and Spring proxy helpers honour
+    // in place of the X-Forwarded-Proto and -Host we rebuild
+    "x-forwarded-prefix",
+    "x-forwarded-ssl",
+    "x-forwarded-scheme",
+    "x-forwarded-protocol",
+    "x-url-scheme",
+    "front-end-https",
+    "x-original-host",
+    "x-host",
     // client-address claims; X-Forwarded-* are rebuilt below instead
     "x-real-ip",
     "x-client-ip",
@@ -144,13 +159,26 @@ fn canonical(name: &str) -> String {
         .collect()
 }
 
-/// `X_Forwarded_For` and friends: a client's underscore spelling of a header we set is
-/// removed, so an upstream that folds `_` into `-` cannot see two values.
+/// `X_Forwarded_For`, `Content_Length` and friends: a client's underscore spelling of a
+/// header that Portcullis sets or that frames the request is removed, so an upstream that
+/// folds `_` into `-` cannot see a second, client-chosen value.
 fn is_forwarding_spelling(name: &str) -> bool {
     name.contains('_')
         && matches!(
             canonical(name).as_str(),
-            X_FORWARDED_FOR | X_FORWARDED_PROTO | X_FORWARDED_HOST | X_REQUEST_ID | "forwarded"
+            X_FORWARDED_FOR
+                | X_FORWARDED_PROTO
+                | X_FORWARDED_HOST
+                | X_REQUEST_ID
+                | "forwarded"
+                | "host"
+                | "content-length"
+                | "transfer-encoding"
+                | "connection"
+                | "upgrade"
+                | "te"
+                | "trailer"
+                | "keep-alive"
         )
 }
 
@@ -342,6 +370,10 @@ mod tests {
             ("X-Original-URL", "/admin"),
             ("X-Real-IP", "1.2.3.4"),
             ("x_forwarded_for", "9.9.9.9"),
+            ("Transfer_Encoding", "chunked"),
+            ("content_length", "5"),
+            ("X-HTTP-Method-Override", "DELETE"),
+            ("X_Forwarded_Prefix", "/admin"),
             ("Accept", "text/html"),
             ("X-Custom", "keep"),
         ]);

@@ -142,7 +142,17 @@ fn run_demo(port: u16, admin_port: u16) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let dir = std::env::temp_dir().join(format!("portcullis-demo-{}", std::process::id()));
+    // A fresh directory of our own (created exclusively, random name), so nobody can plant
+    // policy files in it beforehand.
+    let dir = std::env::temp_dir().join(format!(
+        "portcullis-demo-{}-{:016x}",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    if let Err(e) = std::fs::create_dir(&dir) {
+        eprintln!("error: cannot create {}: {e}", dir.display());
+        return ExitCode::FAILURE;
+    }
     let path = match demo::write_config(&dir, port, admin_port, app_port) {
         Ok(p) => p,
         Err(e) => {

@@ -142,13 +142,27 @@ impl Metrics {
         }
     }
 
+    /// Drops the series of a route that a reload removed, so dashboards do not show a
+    /// route that no longer exists.
+    pub fn forget_route(&self, route: &str) {
+        for c in ["1xx", "2xx", "3xx", "4xx", "5xx"] {
+            let _ = self.requests.remove_label_values(&[route, c]);
+        }
+        let _ = self.duration.remove_label_values(&[route]);
+    }
+
+    /// Drops the health gauge of an upstream that a reload removed.
+    pub fn forget_upstream(&self, upstream: &str) {
+        let _ = self.upstream_healthy.remove_label_values(&[upstream]);
+    }
+
     /// A request refused before it reached a route's policy (bad path, bad host, ...).
     pub fn request_rejected(&self, reason: &'static str) {
         self.rejected.with_label_values(&[reason]).inc();
     }
 
     /// A failed attempt to reach an upstream. `kind` is one of a fixed set
-    /// (`connect-refused`, `connect-timeout`, `read-timeout`, `tls`, `other`).
+    /// (`connect-refused`, `connect-timeout`, `timeout`, `tls`, `other`).
     pub fn upstream_error(&self, upstream: &str, kind: &'static str) {
         self.upstream_errors
             .with_label_values(&[upstream, kind])

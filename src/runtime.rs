@@ -172,9 +172,28 @@ impl Gateway {
         if cfg.threads != old.config.threads {
             log::warn!("`threads` changes take effect only after a restart");
         }
+        // The admin listener keeps the address it was started with, so the token rule is
+        // checked against that address: a reload must not strip the token off an admin
+        // port that is still open to the network.
+        if !old.config.admin.addr.ip().is_loopback() && cfg.admin.token.is_none() {
+            return Err(ReloadError::Build(format!(
+                "admin.token: the running admin listener is on {}, not loopback, so it keeps needing a token",
+                old.config.admin.addr
+            )));
+        }
         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
         let rt = Runtime::build(cfg, Some(&old), &self.metrics, generation)
             .map_err(ReloadError::Build)?;
+        for r in &old.routes {
+            if !rt.routes.iter().any(|n| n.name == r.name) {
+                self.metrics.forget_route(&r.name);
+            }
+        }
+        for name in old.upstreams.keys() {
+            if !rt.upstreams.contains_key(name) {
+                self.metrics.forget_upstream(name);
+            }
+        }
         self.current.store(Arc::new(rt));
         Ok(generation)
     }

@@ -53,7 +53,12 @@ impl BackgroundService for GatewayTasks {
             }
             if rt.config.watch_config && last_watch.elapsed() >= WATCH_EVERY {
                 last_watch = Instant::now();
-                let now = rt.config.current_stamps();
+                let rt2 = rt.clone();
+                let Ok(now) =
+                    tokio::task::spawn_blocking(move || rt2.config.current_stamps()).await
+                else {
+                    continue;
+                };
                 // Compared with the stamps taken when the running config was read, so a
                 // change made at any time after that load is seen; a failed reload is not
                 // retried until the files change again.

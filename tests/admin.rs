@@ -288,3 +288,45 @@ async fn non_loopback_admin_without_token_fails_check() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The admin listener keeps its start-up address until a restart, so a reload that drops
+/// the token (even one that also moves the address to loopback) must be refused while
+/// the running listener is on a non-loopback address.
+#[tokio::test]
+async fn a_reload_cannot_strip_the_token_off_a_network_facing_admin_listener() {
+    let echo = Echo::start().await;
+    let secrets = tempfile::tempdir().unwrap();
+    let token_file = secrets.path().join("admin-token");
+    std::fs::write(&token_file, "tok-456").unwrap();
+    let port = free_port();
+    let admin_port = free_port();
+    let yaml = format!(
+        "listen: [{{ address: \"127.0.0.1:{port}\" }}]\n\
+         public_url: \"http://127.0.0.1:{port}\"\n\
+         admin: {{ address: \"0.0.0.0:{admin_port}\", token: {{ file: \"{}\" }} }}\n\
+         threads: 1\n{}",
+        token_file.display(),
+        upstream_app(echo.addr)
+    );
+    let gw = Gateway::start_full(
+        &yaml,
+        port,
+        admin_port,
+        &[("a.yaml", &public_catch_all(""))],
+    )
+    .await;
+    let tokenless = format!(
+        "listen: [{{ address: \"127.0.0.1:{port}\" }}]\n\
+         public_url: \"http://127.0.0.1:{port}\"\n\
+         admin: {{ address: \"127.0.0.1:{admin_port}\" }}\n\
+         threads: 1\n{}",
+        upstream_app(echo.addr)
+    );
+    std::fs::write(gw.dir.path().join("gateway.yaml"), tokenless).unwrap();
+    let r = gw
+        .admin("POST", "/reload", &[("Authorization", "Bearer tok-456")])
+        .await;
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert!(r.text().contains("admin.token"), "{}", r.text());
+    assert_eq!(gw.admin("GET", "/metrics", &[]).await.status, 401);
+}

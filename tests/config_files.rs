@@ -168,3 +168,59 @@ fn check_command_reports_routes_or_errors() {
     );
     assert!(err.contains("policies/shop.yaml:4:"), "{err}");
 }
+
+/// A policy file that is not read (wrong extension, a subdirectory) is warned about, so a
+/// deny rule cannot vanish silently; `.YAML` in upper case is read.
+#[test]
+fn unread_policy_directory_entries_are_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("policies/old")).unwrap();
+    std::fs::write(
+        dir.path().join("gateway.yaml"),
+        "listen: [{ address: \"127.0.0.1:8080\" }]\npublic_url: \"https://a.example\"\n",
+    )
+    .unwrap();
+    let deny = "routes:\n  - name: NAME\n    match: { path_prefix: /admin }\n    auth: deny\n";
+    std::fs::write(
+        dir.path().join("policies/10-deny.YAML"),
+        deny.replace("NAME", "upper"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("policies/20-deny.yaml.bak"),
+        deny.replace("NAME", "bak"),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("policies/.hidden"), "").unwrap();
+    let cfg = config::load(&dir.path().join("gateway.yaml")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cfg.routes.len(), 1);
+    assert_eq!(cfg.routes[0].name, "upper");
+    let warnings: Vec<String> = cfg.warnings.iter().map(|w| w.to_string()).collect();
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(
+        warnings.iter().any(|w| w.contains("20-deny.yaml.bak")),
+        "{warnings:?}"
+    );
+    assert!(warnings.iter().any(|w| w.contains("old")), "{warnings:?}");
+}
+
+/// A deny rule limited to a host, followed by a host-less public route over the same
+/// paths, is a trap when the upstream ignores Host: `check` warns.
+#[test]
+fn host_limited_deny_before_a_host_less_route_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("policies")).unwrap();
+    std::fs::write(
+        dir.path().join("gateway.yaml"),
+        "listen: [{ address: \"127.0.0.1:8080\" }]\npublic_url: \"https://a.example\"\nupstreams:\n  app: { targets: [\"127.0.0.1:3000\"] }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("policies/p.yaml"),
+        "routes:\n  - name: account\n    match: { host: shop.example.com, path_prefix: /account }\n    auth: deny\n  - name: all\n    match: { path_prefix: / }\n    upstream: app\n    auth: public\n",
+    )
+    .unwrap();
+    let cfg = config::load(&dir.path().join("gateway.yaml")).unwrap();
+    assert_eq!(cfg.warnings.len(), 1, "{:?}", cfg.warnings);
+    assert!(cfg.warnings[0].to_string().contains("another Host header"));
+}

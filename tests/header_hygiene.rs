@@ -89,6 +89,12 @@ const SPOOFED: &[(&str, &str)] = &[
     ("X-Rewrite-URL", "/admin-spoof"),
     ("X-Real-IP", "198.51.100.66"),
     ("True-Client-IP", "198.51.100.66"),
+    ("X-Forwarded-Prefix", "/spoof-prefix"),
+    ("X-Forwarded-Ssl", "spoof-on"),
+    ("X-Forwarded-Scheme", "spoof-https"),
+    ("X-Original-Host", "spoof.example"),
+    ("X-Host", "spoof.example"),
+    ("X-HTTP-Method-Override", "spoof-DELETE"),
 ];
 
 /// What the upstream must not see of `SPOOFED`: no such name, and no spoofed value.
@@ -392,4 +398,35 @@ async fn request_id_is_generated_propagated_or_replaced_and_matches_upstream() {
             }
         }
     }
+}
+
+/// Underscore spellings of framing headers (`Content_Length`, `Transfer_Encoding`) are a
+/// second, client-chosen value for upstreams that fold `_` into `-`: they never arrive.
+#[tokio::test]
+async fn underscore_spellings_of_framing_headers_never_reach_the_upstream() {
+    let (echo, gw) = setup("").await;
+    let r = gw
+        .raw(&request_bytes(
+            &gw,
+            "POST",
+            "/",
+            &[
+                ("Content-Length", "5"),
+                ("Content_Length", "999"),
+                ("Transfer_Encoding", "chunked"),
+                ("Host_", "x"),
+            ],
+            "hello",
+        ))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = echo.last();
+    assert!(
+        seen.headers
+            .iter()
+            .all(|(n, _)| !n.contains('_') || n == "host_"),
+        "{:?}",
+        seen.headers
+    );
+    assert_eq!(seen.headers_named("content-length"), vec!["5"]);
 }

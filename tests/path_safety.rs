@@ -58,6 +58,8 @@ const BYPASS_CORPUS: &[&str] = &[
     "/admin#frag",
     "/admin%0a",
     "/admin?x=1",
+    "/%252e%252e/admin",
+    "/public/%252e%252e/admin",
 ];
 
 #[tokio::test]
@@ -290,4 +292,75 @@ async fn missing_host_on_http_1_1_is_refused() {
     // Answered by Portcullis itself, so it carries the reason and the request id.
     assert_eq!(r.json()["error"], "missing-host", "{}", r.text());
     assert!(r.header("x-request-id").is_some());
+}
+
+/// Exact, method-limited deny rules: `/items` for DELETE and GET, then a public catch-all.
+async fn method_setup() -> (Echo, Gateway) {
+    let echo = Echo::start().await;
+    let gw = Gateway::start(
+        &upstream_app(echo.addr),
+        &[(
+            "a.yaml",
+            &public_catch_all(
+                "  - name: items\n    match: { path: /items, methods: [DELETE, GET] }\n    auth: deny\n",
+            ),
+        )],
+    )
+    .await;
+    (echo, gw)
+}
+
+#[tokio::test]
+async fn method_rules_cannot_be_dodged_by_case_head_or_override_headers() {
+    let (echo, gw) = method_setup().await;
+    // Frameworks upper-case methods before routing; the gateway refuses lower case.
+    let r = gw.raw(b"get /items HTTP/1.1\r\nHost: a\r\nConnection: close\r\nAccept: application/json\r\n\r\n").await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"], "bad-method");
+    // HEAD is answered by GET handlers, so a GET rule covers it.
+    assert_eq!(gw.request("HEAD", "/items", &[]).await.status, 403);
+    // The trailing-slash form of an exact path is the same resource to most frameworks.
+    assert_eq!(gw.get("/items/", &[]).await.status, 403);
+    assert_eq!(
+        echo.count(),
+        0,
+        "nothing may reach the upstream: {:?}",
+        echo.requests()
+    );
+    // A POST passes (no rule for it), but a method override header never reaches the
+    // app, so it cannot be turned into the DELETE the rule forbids.
+    let r = gw
+        .request(
+            "POST",
+            "/items",
+            &[
+                ("X-HTTP-Method-Override", "DELETE"),
+                ("X-Method-Override", "DELETE"),
+                ("X_HTTP_Method", "DELETE"),
+                ("Content-Length", "0"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let seen = echo.last();
+    assert!(
+        seen.headers
+            .iter()
+            .all(|(n, _)| !n.replace('_', "-").contains("method")),
+        "{:?}",
+        seen.headers
+    );
+}
+
+#[tokio::test]
+async fn http_1_0_without_host_is_refused() {
+    let (echo, gw) = setup("").await;
+    let r = gw
+        .raw(b"GET /admin HTTP/1.0\r\nAccept: application/json\r\n\r\n")
+        .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"], "missing-host");
+    let r = gw.raw(b"GET /public HTTP/1.0\r\n\r\n").await;
+    assert_eq!(r.status, 400);
+    assert_eq!(echo.count(), 0);
 }

@@ -90,7 +90,11 @@ fn no_route_means_none() {
         route(&rt, "shop.example.com", "/only", Method::GET),
         Some("only")
     );
-    assert_eq!(route(&rt, "shop.example.com", "/only/", Method::GET), None);
+    assert_eq!(
+        route(&rt, "shop.example.com", "/only/", Method::GET),
+        Some("only")
+    );
+    assert_eq!(route(&rt, "shop.example.com", "/only/x", Method::GET), None);
     assert_eq!(route(&rt, "other.example.com", "/only", Method::GET), None);
 }
 

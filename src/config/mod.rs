@@ -94,6 +94,8 @@ pub struct UpstreamTls {
     pub sni: String,
     pub verify: bool,
     pub ca: Option<PathBuf>,
+    /// When the CA file last changed, so a reload picks up a rotated CA bundle.
+    pub ca_stamp: Stamp,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -345,6 +347,16 @@ impl<'a> Builder<'a> {
         let public_url = self.public_url();
         let trusted_proxies = self.trusted_proxies();
         let admin = self.admin(base);
+        if let (Some(ls), Some(a)) = (&listeners, &admin) {
+            // Both would bind with SO_REUSEPORT and share connections at random, handing
+            // admin requests to the proxy and the other way round.
+            if let Some(l) = ls.iter().find(|l| addrs_overlap(l.addr, a.addr)) {
+                self.err(
+                    "admin.address",
+                    format!("{} overlaps the listener {}", a.addr, l.addr),
+                );
+            }
+        }
         let threads = match root.get("threads") {
             None => std::thread::available_parallelism().map_or(2, |n| n.get()),
             Some(n) => match self.decode::<usize>(n, "threads") {
@@ -378,6 +390,15 @@ impl<'a> Builder<'a> {
             &mut stamps,
             self.d,
         );
+        for p in ignored_policy_entries(&policy_source) {
+            self.warn(
+                "policies",
+                format!(
+                    "{} is not read: only *.yaml and *.yml files directly in the policy directory are",
+                    p.display()
+                ),
+            );
+        }
         if routes.is_empty() && self.d.errors.is_empty() {
             self.warn(
                 "policies",
@@ -450,10 +471,10 @@ impl<'a> Builder<'a> {
             let Some(addr) = self.socket_addr(&l.address, &format!("{path}.address")) else {
                 continue;
             };
-            if out.iter().any(|o: &Listener| o.addr == addr) {
+            if let Some(o) = out.iter().find(|o: &&Listener| addrs_overlap(o.addr, addr)) {
                 self.err(
                     &format!("{path}.address"),
-                    format!("{addr} is listed twice"),
+                    format!("{addr} overlaps {} listed before it", o.addr),
                 );
             }
             let tls = l.tls.map(|t| TlsFiles {
@@ -684,6 +705,7 @@ impl<'a> Builder<'a> {
             Some(UpstreamTls {
                 sni,
                 verify: t.verify,
+                ca_stamp: ca.as_deref().and_then(file_stamp),
                 ca,
             })
         });
@@ -736,6 +758,12 @@ impl<'a> Builder<'a> {
         }
         HeaderHygiene::new(&extra)
     }
+}
+
+/// True when two listening addresses would take the same connections: same port, and
+/// the same IP or either one the wildcard address.
+fn addrs_overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
 /// Route and upstream names become metric labels and log fields, so keep them plain.
@@ -809,16 +837,39 @@ fn policy_files(source: &Path) -> std::io::Result<Vec<PathBuf>> {
     }
     let mut paths: Vec<PathBuf> = std::fs::read_dir(source)?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.is_file()
-                && matches!(
-                    p.extension().and_then(|e| e.to_str()),
-                    Some("yaml") | Some("yml")
-                )
-        })
+        .filter(|p| p.is_file() && is_policy_file(p))
         .collect();
     paths.sort();
     Ok(paths)
+}
+
+fn is_policy_file(p: &Path) -> bool {
+    p.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml"))
+}
+
+/// Entries of the policy directory that are not read: a misnamed policy file must not
+/// vanish silently (a deny rule in `10-deny.yaml.bak` protects nothing).
+fn ignored_policy_entries(source: &Path) -> Vec<PathBuf> {
+    if source.is_file() {
+        return Vec::new();
+    }
+    let mut out: Vec<PathBuf> = std::fs::read_dir(source)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let hidden = p
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with('.'));
+            let read = p.is_file() && is_policy_file(p);
+            !(hidden || read)
+        })
+        .collect();
+    out.sort();
+    out
 }
 
 impl GatewayConfig {
@@ -917,6 +968,26 @@ impl Builder<'_> {
                     );
                     continue;
                 }
+                if let Some(prev) = routes.iter().find(|r| {
+                    r.auth == AuthMode::Deny
+                        && spec.auth != AuthMode::Deny
+                        && !r.matcher.hosts.is_empty()
+                        // A host-wide deny (no path) is about a whole virtual host, where
+                        // Host does matter; a path rule limited to a host is the trap.
+                        && r.matcher.path != PathMatch::Any
+                        && spec.matcher.hosts.is_empty()
+                        && r.matcher.path.overlaps(&spec.matcher.path)
+                }) {
+                    self.warn(
+                        &path,
+                        format!(
+                            "route {:?} denies some paths only for its hosts; route {:?} serves the same paths \
+                             for any host, so a request with another Host header gets through if the upstream \
+                             ignores Host",
+                            prev.name, spec.name
+                        ),
+                    );
+                }
                 if let Some(prev) = routes.iter().find(|r| r.matcher.shadows(&spec.matcher)) {
                     self.warn(
                         &path,
@@ -940,16 +1011,33 @@ impl Builder<'_> {
         case_insensitive: bool,
     ) -> Option<RouteSpec> {
         let before = self.d.errors.len();
-        if !valid_name(&raw.name) {
+        // Destructured exhaustively: a new field fails to compile until it is handled here,
+        // so nothing in a policy can be silently ignored.
+        let RawRoute {
+            name,
+            matcher: raw_matcher,
+            upstream: raw_upstream,
+            auth: raw_auth,
+            require,
+            step_up,
+            deny_when_risk_at_least,
+            rate_limits,
+            headers,
+            journey,
+            bearer,
+            providers,
+            population,
+            api,
+        } = raw;
+        if !valid_name(&name) {
             self.err(
                 &format!("{path}.name"),
                 format!(
-                    "{:?}: route names use lower-case letters, digits, '-' and '_' (they become metric labels)",
-                    raw.name
+                    "{name:?}: route names use lower-case letters, digits, '-' and '_' (they become metric labels)"
                 ),
             );
         }
-        let auth = match raw.auth {
+        let auth = match raw_auth {
             RawAuth::Public => AuthMode::Public,
             RawAuth::Deny => AuthMode::Deny,
             other => {
@@ -966,19 +1054,16 @@ impl Builder<'_> {
             }
         };
         for (present, key) in [
-            (raw.require.is_some(), "require"),
-            (raw.step_up.is_some(), "step_up"),
-            (
-                raw.deny_when_risk_at_least.is_some(),
-                "deny_when_risk_at_least",
-            ),
-            (raw.rate_limits.is_some(), "rate_limits"),
-            (raw.headers.is_some(), "headers"),
-            (raw.journey.is_some(), "journey"),
-            (raw.bearer.is_some(), "bearer"),
-            (raw.providers.is_some(), "providers"),
-            (raw.population.is_some(), "population"),
-            (raw.api.is_some(), "api"),
+            (require.is_some(), "require"),
+            (step_up.is_some(), "step_up"),
+            (deny_when_risk_at_least.is_some(), "deny_when_risk_at_least"),
+            (rate_limits.is_some(), "rate_limits"),
+            (headers.is_some(), "headers"),
+            (journey.is_some(), "journey"),
+            (bearer.is_some(), "bearer"),
+            (providers.is_some(), "providers"),
+            (population.is_some(), "population"),
+            (api.is_some(), "api"),
         ] {
             if present {
                 self.err(
@@ -988,8 +1073,8 @@ impl Builder<'_> {
             }
         }
 
-        let matcher = self.matcher(raw.matcher, &format!("{path}.match"), case_insensitive);
-        let upstream = match (&raw.upstream, auth) {
+        let matcher = self.matcher(raw_matcher, &format!("{path}.match"), case_insensitive);
+        let upstream = match (&raw_upstream, auth) {
             (Some(u), _) => {
                 if !upstreams.contains_key(u) {
                     let known: Vec<&str> = upstreams.keys().map(String::as_str).collect();
@@ -1020,7 +1105,7 @@ impl Builder<'_> {
             return None;
         }
         Some(RouteSpec {
-            name: raw.name,
+            name,
             file: self.file.clone(),
             line: rnode.pos.map(|p| p.line),
             matcher: matcher?,

@@ -43,6 +43,12 @@ pub fn identify(session: &Session, ctx: &mut RequestCtx) {
 /// normalised safely is marked for a 400 (answered in `refuse_or_pass`).
 pub fn normalise_and_route(session: &Session, ctx: &mut RequestCtx) {
     let req = session.req_header();
+    // Methods are case-sensitive, but many frameworks upper-case them before routing, so
+    // `get` would reach a GET handler while missing a rule written for GET.
+    if req.method.as_str().bytes().any(|b| b.is_ascii_lowercase()) {
+        ctx.rejected = Some("bad-method");
+        return;
+    }
     if req.headers.contains_key(header::TRANSFER_ENCODING) && sent_content_length(session) {
         ctx.rejected = Some("conflicting-framing");
         return;
@@ -135,8 +141,9 @@ fn absolute_form(raw: &[u8]) -> Option<(String, &[u8])> {
 }
 
 /// The request's host: the absolute-form authority if there was one, else the single
-/// `Host` header. HTTP/1.1 requires one; several are refused (smuggling and cache
-/// poisoning hide behind duplicates).
+/// `Host` header. One is required, HTTP/1.0 included: a request without a host would
+/// skip every host-limited rule. Several are refused (smuggling and cache poisoning hide
+/// behind duplicates).
 fn host_of(req: &RequestHeader, authority: Option<&str>) -> Result<Option<String>, &'static str> {
     if let Some(a) = authority {
         if a.contains('@') {
@@ -148,8 +155,13 @@ fn host_of(req: &RequestHeader, authority: Option<&str>) -> Result<Option<String
     }
     let mut hosts = req.headers.get_all(header::HOST).iter();
     match (hosts.next(), hosts.next()) {
-        (None, _) if req.version == http::Version::HTTP_11 => Err("missing-host"),
-        (None, _) => Ok(None),
+        // HTTP/2 carries the host in the URI authority rather than a header.
+        (None, _) => match req.uri.authority() {
+            Some(a) => normalize_host(a.as_str().as_bytes())
+                .map(|h| Some(h.into_owned()))
+                .ok_or("bad-host"),
+            None => Err("missing-host"),
+        },
         (Some(_), Some(_)) => Err("duplicate-host"),
         (Some(h), None) => normalize_host(h.as_bytes())
             .map(|h| Some(h.into_owned()))
@@ -302,7 +314,9 @@ fn classify(e: &Error) -> (u16, &'static str) {
             (502, "upstream-tls-failed")
         }
         InvalidHTTPHeader if e.esource() == &ErrorSource::Downstream => (400, "bad-request"),
-        InvalidHTTPHeader => (502, "upstream-bad-response"),
+        InvalidHTTPHeader if e.esource() == &ErrorSource::Upstream => {
+            (502, "upstream-bad-response")
+        }
         _ => match e.esource() {
             ErrorSource::Upstream => (502, "upstream-failed"),
             ErrorSource::Downstream => match e.etype() {

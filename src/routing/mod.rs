@@ -113,6 +113,8 @@ pub fn normalize_host(raw: &[u8]) -> Option<std::borrow::Cow<'_, str>> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PathMatch {
     Any,
+    /// The path, and the same path with a trailing slash (`/admin` and `/admin/`): most
+    /// frameworks serve both the same, so a rule for one must cover the other.
     Exact(String),
     /// Matches on segment boundaries: `/api` covers `/api`, `/api/` and `/api/x`, not `/apix`;
     /// `/static/` covers `/static/x` but not `/static`.
@@ -123,7 +125,13 @@ impl PathMatch {
     fn matches(&self, path: &str, ci: bool) -> bool {
         match self {
             PathMatch::Any => true,
-            PathMatch::Exact(p) => eq(path, p, ci),
+            PathMatch::Exact(p) => {
+                eq(path, p, ci)
+                    || (path.len() == p.len() + 1
+                        && path.ends_with('/')
+                        && !p.ends_with('/')
+                        && eq(&path[..p.len()], p, ci))
+            }
             PathMatch::Prefix(p) => {
                 path.len() >= p.len()
                     && eq(&path[..p.len()], p, ci)
@@ -132,6 +140,11 @@ impl PathMatch {
                         || path.as_bytes()[p.len()] == b'/')
             }
         }
+    }
+
+    /// True when some path matches both.
+    pub fn overlaps(&self, other: &PathMatch) -> bool {
+        self.covers(other, true) || other.covers(self, true)
     }
 
     fn covers(&self, other: &PathMatch, ci: bool) -> bool {
@@ -184,7 +197,11 @@ impl RouteMatcher {
     pub fn matches(&self, host: Option<&str>, path: &str, method: &Method) -> bool {
         (self.hosts.is_empty() || host.is_some_and(|h| self.hosts.iter().any(|p| p.matches(h))))
             && self.path.matches(path, self.case_insensitive)
-            && (self.methods.is_empty() || self.methods.contains(method))
+            && (self.methods.is_empty()
+                || self.methods.contains(method)
+                // HEAD is GET without the body; every framework answers it with the GET
+                // handler, so a rule about GET is a rule about HEAD.
+                || (method == Method::HEAD && self.methods.contains(&Method::GET)))
     }
 
     /// True when every request `later` matches is already matched by `self`, so a route
@@ -215,7 +232,8 @@ impl RouteMatcher {
         };
         let path = match &self.path {
             PathMatch::Any => "/**".to_string(),
-            PathMatch::Exact(p) => p.clone(),
+            PathMatch::Exact(p) if p.ends_with('/') => p.clone(),
+            PathMatch::Exact(p) => format!("{p}[/]"),
             PathMatch::Prefix(p) if p.ends_with('/') => format!("{p}**"),
             PathMatch::Prefix(p) => format!("{p}[/**]"),
         };
@@ -304,6 +322,17 @@ mod tests {
         assert!(!r.matches(Some("other.example.com"), "/account/1", &Method::GET));
         assert!(!r.matches(None, "/account/1", &Method::GET));
         assert!(!r.matches(Some("shop.example.com"), "/account/1", &Method::POST));
+        assert!(r.matches(Some("shop.example.com"), "/account/1", &Method::HEAD));
+    }
+
+    #[test]
+    fn exact_paths_cover_the_trailing_slash_form() {
+        let admin = PathMatch::Exact("/admin".into());
+        assert!(admin.matches("/admin", false));
+        assert!(admin.matches("/admin/", false));
+        assert!(!admin.matches("/admin/x", false));
+        assert!(!admin.matches("/adminx", false));
+        assert!(PathMatch::Exact("/ADMIN".into()).matches("/admin/", true));
     }
 
     #[test]

@@ -36,7 +36,9 @@
 //!    any other byte below `0x20` or equal to `0x7F`
 //!    ([`PathError::EncodedControl`]), and must be valid UTF-8
 //!    ([`PathError::InvalidUtf8`]; this catches overlong forms such as
-//!    `%c0%ae`). Valid non-ASCII stays encoded (`/caf%C3%A9`).
+//!    `%c0%ae`), and must not still hold a `%XX` escape
+//!    ([`PathError::DoubleEncoding`]: `%252e` is `%2e` to an upstream that
+//!    decodes twice). Valid non-ASCII stays encoded (`/caf%C3%A9`).
 //! 8. Dot segments are resolved after safe decoding, so `%2e%2e` is `..`:
 //!    `.` is removed and `..` removes the previous segment. A `..` with no
 //!    segment left to remove is refused ([`PathError::AboveRoot`]), never
@@ -101,6 +103,9 @@ pub enum PathError {
     EncodedControl,
     /// A segment's decoded bytes are not valid UTF-8 (including overlong forms).
     InvalidUtf8,
+    /// A segment still holds a percent-escape after decoding (`%252e`): an upstream that
+    /// decodes twice would see a different path.
+    DoubleEncoding,
     /// A `..` segment would climb above the root.
     AboveRoot,
     /// A segment that servers may read as `.` or `..` once `;` parameters
@@ -124,6 +129,7 @@ impl PathError {
             Self::EncodedNul => "nul-byte",
             Self::EncodedControl => "encoded-control",
             Self::InvalidUtf8 => "invalid-utf8",
+            Self::DoubleEncoding => "double-encoding",
             Self::AboveRoot => "path-above-root",
             Self::AmbiguousDotSegment => "ambiguous-dot-segment",
             Self::TooLong => "target-too-long",
@@ -144,6 +150,7 @@ impl fmt::Display for PathError {
             Self::EncodedNul => "request target contains a NUL byte",
             Self::EncodedControl => "path contains an encoded control character",
             Self::InvalidUtf8 => "path decodes to invalid UTF-8",
+            Self::DoubleEncoding => "path is percent-encoded twice",
             Self::AboveRoot => "path climbs above the root",
             Self::AmbiguousDotSegment => "path contains a dot segment with parameters",
             Self::TooLong => "request target is too long",
@@ -392,6 +399,14 @@ fn check_decoded(decoded: &[u8]) -> Result<(), PathError> {
     // Lenient decoders map overlong forms such as %c0%ae to '.', which would
     // turn them into dot segments behind our back.
     std::str::from_utf8(decoded).map_err(|_| PathError::InvalidUtf8)?;
+    // `%252e` decodes to `%2e`: an upstream (or framework) that decodes once more sees
+    // `.` where we saw data. A literal `%` not followed by two hex digits is fine.
+    if decoded
+        .windows(3)
+        .any(|w| w[0] == b'%' && hex_value(&w[1]).is_some() && hex_value(&w[2]).is_some())
+    {
+        return Err(PathError::DoubleEncoding);
+    }
     Ok(())
 }
 
@@ -505,6 +520,11 @@ mod tests {
             ("/caf%c3%a9", Ok("/caf%C3%A9")),
             // Percent-encoding.
             ("/%zz", Err(BadPercentEncoding)),
+            ("/%252e%252e/admin", Err(DoubleEncoding)),
+            ("/public/%252E%252E/admin", Err(DoubleEncoding)),
+            ("/a%252fb", Err(DoubleEncoding)),
+            ("/100%25", Ok("/100%25")),
+            ("/100%25off", Ok("/100%25off")),
             ("/%4", Err(BadPercentEncoding)),
             ("/a%", Err(BadPercentEncoding)),
             ("/%g1", Err(BadPercentEncoding)),
@@ -514,7 +534,7 @@ mod tests {
             ("/a%3bb", Ok("/a%3Bb")),
             ("/a%20b", Ok("/a%20b")),
             ("/a%25", Ok("/a%25")),
-            ("/a%2525", Ok("/a%2525")),
+            ("/a%2525", Err(DoubleEncoding)),
             ("/a%3a%40", Ok("/a%3A%40")),
             // Path parameters are kept in the forwarded path.
             ("/admin;jsessionid=1", Ok("/admin;jsessionid=1")),
