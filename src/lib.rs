@@ -3,6 +3,7 @@
 //! Modules map one-to-one onto the jobs in the request path; `proxy` puts them in order.
 
 pub mod admin;
+pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod headers;
@@ -13,5 +14,6 @@ pub mod responses;
 pub mod routing;
 pub mod runtime;
 pub mod server;
+pub mod session;
 pub mod tasks;
 pub mod upstream;

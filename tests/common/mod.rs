@@ -2,6 +2,8 @@
 //! free ports, and a raw HTTP/1.1 client that can send what well-behaved clients won't.
 #![allow(dead_code)]
 
+pub mod redis;
+
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::service::service_fn;

@@ -1,0 +1,61 @@
+//! Key names, in one place. Values in `{}` are Redis Cluster hash tags: keys with the
+//! same tag live in the same slot.
+//!
+//! | key | holds |
+//! |---|---|
+//! | `s:{<id-hash>}` | one session, addressed by the SHA-256 of its cookie id |
+//! | `u:{<user-hash>}:sessions` | the user's index: session id hashes scored by expiry |
+//! | `u:{<user-hash>}:<name>` | any other per-user state, in the user's slot |
+//! | `l:{<state-hash>}` | short-lived login state (single use) |
+//! | `lock:{<name>}` | a lock |
+
+/// Lower-case hex of a digest; ids and user keys are only ever stored hashed.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+/// SHA-256 of `data`, hex encoded.
+pub fn sha256_hex(data: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    hex(&Sha256::digest(data))
+}
+
+pub fn session(id_hash: &str) -> String {
+    format!("s:{{{id_hash}}}")
+}
+
+pub fn user_sessions(user_hash: &str) -> String {
+    format!("u:{{{user_hash}}}:sessions")
+}
+
+pub fn user_key(user_hash: &str, name: &str) -> String {
+    format!("u:{{{user_hash}}}:{name}")
+}
+
+pub fn login_state(state_hash: &str) -> String {
+    format!("l:{{{state_hash}}}")
+}
+
+pub fn lock(name: &str) -> String {
+    format!("lock:{{{name}}}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_users_keys_share_one_hash_tag() {
+        let u = sha256_hex(b"issuer|subject");
+        assert_eq!(u.len(), 64);
+        let tag = |k: &str| k[k.find('{').unwrap()..=k.find('}').unwrap()].to_string();
+        assert_eq!(tag(&user_sessions(&u)), tag(&user_key(&u, "devices")));
+        assert_ne!(tag(&session(&sha256_hex(b"x"))), tag(&user_sessions(&u)));
+    }
+}

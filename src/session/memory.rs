@@ -1,0 +1,188 @@
+//! The in-memory store: the embedded default for a single gateway process. Expiry follows
+//! the injected clock; expired entries are dropped when touched and swept as the map grows.
+
+use super::store::{SessionStore, StoreError};
+use crate::clock::{Clock, SystemClock};
+use async_trait::async_trait;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+struct Entry {
+    value: Vec<u8>,
+    expires_at_ms: u64,
+}
+
+#[derive(Default)]
+struct Inner {
+    values: HashMap<String, Entry>,
+    /// index key -> (member -> expiry)
+    indexes: HashMap<String, BTreeMap<String, u64>>,
+    /// Entry count at which the next full sweep of expired values runs.
+    sweep_at: usize,
+}
+
+/// A [`SessionStore`] in process memory.
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+    clock: Arc<dyn Clock>,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::with_clock(Arc::new(SystemClock))
+    }
+
+    pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
+        MemoryStore {
+            inner: Mutex::new(Inner {
+                sweep_at: 1024,
+                ..Inner::default()
+            }),
+            clock,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave the maps half-updated in a way that
+        // matters (every operation is a single insert or remove), so poisoning is ignored.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn deadline(&self, ttl: Duration) -> u64 {
+        self.clock.now_ms().saturating_add(ttl.as_millis() as u64)
+    }
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Inner {
+    /// The live value of `key`, dropping it if it has expired.
+    fn live(&mut self, key: &str, now: u64) -> Option<&Entry> {
+        if self.values.get(key).is_some_and(|e| e.expires_at_ms <= now) {
+            self.values.remove(key);
+        }
+        self.values.get(key)
+    }
+
+    fn insert(&mut self, key: &str, value: &[u8], expires_at_ms: u64, now: u64) {
+        self.values.insert(
+            key.to_string(),
+            Entry {
+                value: value.to_vec(),
+                expires_at_ms,
+            },
+        );
+        // Amortised sweep: memory stays proportional to live entries.
+        if self.values.len() >= self.sweep_at {
+            self.values.retain(|_, e| e.expires_at_ms > now);
+            self.indexes.retain(|_, m| {
+                m.retain(|_, exp| *exp > now);
+                !m.is_empty()
+            });
+            self.sweep_at = (self.values.len() * 2).max(1024);
+        }
+    }
+}
+
+#[async_trait]
+impl SessionStore for MemoryStore {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let now = self.clock.now_ms();
+        Ok(self.lock().live(key, now).map(|e| e.value.clone()))
+    }
+
+    async fn put(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), StoreError> {
+        let now = self.clock.now_ms();
+        let deadline = self.deadline(ttl);
+        self.lock().insert(key, value, deadline, now);
+        Ok(())
+    }
+
+    async fn put_if_absent(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let now = self.clock.now_ms();
+        let deadline = self.deadline(ttl);
+        let mut inner = self.lock();
+        if inner.live(key, now).is_some() {
+            return Ok(false);
+        }
+        inner.insert(key, value, deadline, now);
+        Ok(true)
+    }
+
+    async fn take(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let now = self.clock.now_ms();
+        let mut inner = self.lock();
+        inner.live(key, now);
+        Ok(inner.values.remove(key).map(|e| e.value))
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool, StoreError> {
+        let now = self.clock.now_ms();
+        let mut inner = self.lock();
+        inner.live(key, now);
+        Ok(inner.values.remove(key).is_some())
+    }
+
+    async fn delete_if_equals(&self, key: &str, expected: &[u8]) -> Result<bool, StoreError> {
+        let now = self.clock.now_ms();
+        let mut inner = self.lock();
+        if inner.live(key, now).is_some_and(|e| e.value == expected) {
+            inner.values.remove(key);
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    async fn index_add(
+        &self,
+        key: &str,
+        member: &str,
+        expires_at_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.lock()
+            .indexes
+            .entry(key.to_string())
+            .or_default()
+            .insert(member.to_string(), expires_at_ms);
+        Ok(())
+    }
+
+    async fn index_remove(&self, key: &str, member: &str) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        if let Some(m) = inner.indexes.get_mut(key) {
+            m.remove(member);
+            if m.is_empty() {
+                inner.indexes.remove(key);
+            }
+        }
+        Ok(())
+    }
+
+    async fn index_members(&self, key: &str, now_ms: u64) -> Result<Vec<String>, StoreError> {
+        let mut inner = self.lock();
+        let Some(m) = inner.indexes.get_mut(key) else {
+            return Ok(Vec::new());
+        };
+        m.retain(|_, exp| *exp > now_ms);
+        let mut members: Vec<(u64, String)> = m.iter().map(|(k, v)| (*v, k.clone())).collect();
+        if m.is_empty() {
+            inner.indexes.remove(key);
+        }
+        members.sort();
+        Ok(members.into_iter().map(|(_, k)| k).collect())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}

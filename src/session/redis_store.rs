@@ -1,0 +1,189 @@
+//! The Redis store: sessions shared by a fleet of gateways. One multiplexed connection
+//! (redis' `ConnectionManager`, which reconnects by itself) with explicit connect and
+//! response timeouts, created lazily inside the server's runtime on first use. Every
+//! failure to reach Redis is [`StoreError::Unavailable`], which callers turn into a
+//! fail-closed answer.
+
+use super::store::{SessionStore, StoreError};
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::AsyncCommands;
+use std::time::Duration;
+use tokio::sync::OnceCell;
+
+/// How to reach Redis.
+#[derive(Debug, Clone)]
+pub struct RedisStoreConfig {
+    /// `redis://host:port/db` (or `rediss://` for TLS).
+    pub url: String,
+    /// Prepended to every key, so several deployments can share one Redis.
+    pub key_prefix: String,
+    pub connect_timeout: Duration,
+    /// Longest wait for any single reply; a slow Redis must not stall requests.
+    pub response_timeout: Duration,
+}
+
+/// A [`SessionStore`] in Redis (standalone; keys are laid out for Cluster).
+pub struct RedisStore {
+    config: RedisStoreConfig,
+    client: redis::Client,
+    conn: OnceCell<ConnectionManager>,
+    compare_and_delete: redis::Script,
+    index_add: redis::Script,
+}
+
+fn unavailable(e: redis::RedisError) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+impl RedisStore {
+    /// Validates the URL; connects on first use.
+    pub fn new(config: RedisStoreConfig) -> Result<Self, String> {
+        let client = redis::Client::open(config.url.as_str())
+            .map_err(|e| format!("invalid Redis URL: {e}"))?;
+        Ok(RedisStore {
+            config,
+            client,
+            conn: OnceCell::new(),
+            compare_and_delete: redis::Script::new(
+                "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end",
+            ),
+            // ZADD, then keep the index alive as long as its longest-lived member.
+            index_add: redis::Script::new(
+                "redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1]) \
+                 local top = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES') \
+                 redis.call('PEXPIREAT', KEYS[1], top[2]) return 1",
+            ),
+        })
+    }
+
+    async fn conn(&self) -> Result<ConnectionManager, StoreError> {
+        let c = self
+            .conn
+            .get_or_try_init(|| async {
+                let cfg = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(self.config.connect_timeout))
+                    .set_response_timeout(Some(self.config.response_timeout))
+                    .set_number_of_retries(1);
+                ConnectionManager::new_with_config(self.client.clone(), cfg).await
+            })
+            .await
+            .map_err(unavailable)?;
+        Ok(c.clone())
+    }
+
+    fn key(&self, key: &str) -> String {
+        format!("{}{key}", self.config.key_prefix)
+    }
+}
+
+fn ttl_ms(ttl: Duration) -> u64 {
+    (ttl.as_millis() as u64).max(1)
+}
+
+#[async_trait]
+impl SessionStore for RedisStore {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut c = self.conn().await?;
+        c.get(self.key(key)).await.map_err(unavailable)
+    }
+
+    async fn put(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), StoreError> {
+        let mut c = self.conn().await?;
+        c.pset_ex(self.key(key), value, ttl_ms(ttl))
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn put_if_absent(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut c = self.conn().await?;
+        let reply: Option<String> = redis::cmd("SET")
+            .arg(self.key(key))
+            .arg(value)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl_ms(ttl))
+            .query_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        Ok(reply.is_some())
+    }
+
+    async fn take(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut c = self.conn().await?;
+        redis::cmd("GETDEL")
+            .arg(self.key(key))
+            .query_async(&mut c)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool, StoreError> {
+        let mut c = self.conn().await?;
+        let n: u64 = c.del(self.key(key)).await.map_err(unavailable)?;
+        Ok(n > 0)
+    }
+
+    async fn delete_if_equals(&self, key: &str, expected: &[u8]) -> Result<bool, StoreError> {
+        let mut c = self.conn().await?;
+        let n: u64 = self
+            .compare_and_delete
+            .key(self.key(key))
+            .arg(expected)
+            .invoke_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        Ok(n > 0)
+    }
+
+    async fn index_add(
+        &self,
+        key: &str,
+        member: &str,
+        expires_at_ms: u64,
+    ) -> Result<(), StoreError> {
+        let mut c = self.conn().await?;
+        let _: i64 = self
+            .index_add
+            .key(self.key(key))
+            .arg(member)
+            .arg(expires_at_ms)
+            .invoke_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn index_remove(&self, key: &str, member: &str) -> Result<(), StoreError> {
+        let mut c = self.conn().await?;
+        let _: i64 = c.zrem(self.key(key), member).await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn index_members(&self, key: &str, now_ms: u64) -> Result<Vec<String>, StoreError> {
+        let mut c = self.conn().await?;
+        let k = self.key(key);
+        let (_, members): (i64, Vec<String>) = redis::pipe()
+            .atomic()
+            .zrembyscore(&k, "-inf", now_ms)
+            .zrange(&k, 0, -1)
+            .query_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        Ok(members)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut c = self.conn().await?;
+        let _: String = redis::cmd("PING")
+            .query_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+}
