@@ -224,3 +224,45 @@ async fn the_redis_store_recovers_when_redis_comes_back() {
     }
     assert!(ok, "the store did not reconnect");
 }
+
+/// The session manager over real Redis: what one gateway creates, another (sharing the
+/// store) finds, rotates and ends.
+#[tokio::test]
+async fn sessions_made_by_one_gateway_work_on_another_sharing_redis() {
+    use portcullis::session::{Ended, Session, SessionManager, SessionTimeouts};
+    let redis = RedisServer::start().await;
+    let timeouts = SessionTimeouts {
+        idle: Duration::from_secs(60),
+        absolute: Duration::from_secs(600),
+        touch_every: Duration::from_secs(10),
+    };
+    let gw = |prefix: &str| {
+        SessionManager::new(
+            Arc::new(redis_store(redis.url(), prefix)),
+            Arc::new(SystemClock),
+            timeouts,
+        )
+    };
+    let (one, two) = (gw("pc:"), gw("pc:"));
+    let s = Session {
+        provider: "customers".into(),
+        issuer: "https://login.example.com".into(),
+        subject: "alice".into(),
+        claims: serde_json::Map::new(),
+        acr: None,
+        amr: vec![],
+        auth_time: None,
+        created_ms: 0,
+        last_seen_ms: 0,
+        client_ip: None,
+        user_agent: None,
+    };
+    let (id, s) = one.create(s).await.unwrap();
+    assert_eq!(two.load(&id).await.unwrap().unwrap().subject, "alice");
+    let rotated = two.rotate(&id).await.unwrap().unwrap();
+    assert_eq!(one.load(&id).await.unwrap(), Err(Ended::Unknown));
+    assert!(one.load(&rotated).await.unwrap().is_ok());
+    assert_eq!(two.list_user(&s.user_key()).await.unwrap().len(), 1);
+    assert_eq!(two.destroy_user(&s.user_key()).await.unwrap(), 1);
+    assert_eq!(one.load(&rotated).await.unwrap(), Err(Ended::Unknown));
+}

@@ -12,10 +12,12 @@
 //! user carries that user's hash tag, so a user's keys share a hash slot.
 
 pub mod keys;
+mod manager;
 mod memory;
 mod redis_store;
 mod store;
 
+pub use manager::{user_key, Ended, Session, SessionId, SessionManager, SessionTimeouts};
 pub use memory::MemoryStore;
 pub use redis_store::{RedisStore, RedisStoreConfig};
 pub use store::{SessionStore, StoreError};
