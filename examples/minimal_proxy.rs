@@ -10,6 +10,7 @@ use pingora::prelude::*;
 use pingora::proxy::{ProxyHttp, Session};
 use pingora::server::configuration::{Opt, ServerConf};
 use std::net::SocketAddr;
+use std::time::Duration;
 
 /// The same allocator as the `portcullis` binary, so the comparison isolates the
 /// gateway's own work.
@@ -25,7 +26,14 @@ impl ProxyHttp for Minimal {
     type CTX = ();
     fn new_ctx(&self) {}
     async fn upstream_peer(&self, _s: &mut Session, _c: &mut ()) -> Result<Box<HttpPeer>> {
-        Ok(Box::new(HttpPeer::new(self.upstream, false, String::new())))
+        let mut peer = HttpPeer::new(self.upstream, false, String::new());
+        // The timeouts any production proxy sets (Portcullis's defaults), so the
+        // comparison is about the gateway's work, not about timer bookkeeping.
+        peer.options.connection_timeout = Some(Duration::from_secs(5));
+        peer.options.total_connection_timeout = Some(Duration::from_secs(5));
+        peer.options.read_timeout = Some(Duration::from_secs(60));
+        peer.options.write_timeout = Some(Duration::from_secs(60));
+        Ok(Box::new(peer))
     }
 }
 
