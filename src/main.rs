@@ -34,6 +34,13 @@ enum Command {
     Check {
         #[arg(long, short, default_value = "gateway.yaml")]
         config: PathBuf,
+        /// Also show what the gateway would do with a request, e.g.
+        /// `--request 'GET /admin/..;/' --host shop.example.com` (repeatable).
+        #[arg(long, value_name = "METHOD TARGET")]
+        request: Vec<String>,
+        /// Host header for `--request` (absolute-form targets carry their own).
+        #[arg(long)]
+        host: Option<String>,
     },
     /// Run the gateway on its embedded defaults in front of a demo app (not for production).
     Demo {
@@ -52,14 +59,19 @@ fn main() -> ExitCode {
     ))
     .init();
     match Cli::parse().command {
-        Command::Check { config } => check(&config),
+        Command::Check {
+            config,
+            request,
+            host,
+        } => check(&config, &request, host.as_deref()),
         Command::Run { config } => run(&config),
         Command::Demo { port, admin_port } => run_demo(port, admin_port),
     }
 }
 
-fn check(path: &std::path::Path) -> ExitCode {
+fn check(path: &std::path::Path, requests: &[String], host: Option<&str>) -> ExitCode {
     match config::load(path) {
+        Ok(cfg) if !requests.is_empty() => explain_requests(cfg, requests, host),
         Ok(cfg) => {
             for w in &cfg.warnings {
                 eprintln!("warning: {w}");
@@ -89,6 +101,69 @@ fn check(path: &std::path::Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Prints, for each `METHOD TARGET`, how the gateway would normalise and route it. Uses
+/// the same functions as the request path, so what it says is what the gateway does.
+fn explain_requests(
+    cfg: config::GatewayConfig,
+    requests: &[String],
+    host: Option<&str>,
+) -> ExitCode {
+    let metrics = portcullis::metrics::Metrics::new();
+    let rt = match portcullis::runtime::Runtime::build(cfg, None, &metrics, 1) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for r in requests {
+        let Some((method, target)) = r.trim().split_once(' ') else {
+            eprintln!("error: --request takes \"METHOD TARGET\", got {r:?}");
+            return ExitCode::FAILURE;
+        };
+        print!("{method} {target}: ");
+        if method.bytes().any(|b| b.is_ascii_lowercase()) {
+            println!("400 bad-method");
+            continue;
+        }
+        let Ok(m) = http::Method::from_bytes(method.as_bytes()) else {
+            println!("400 bad-method");
+            continue;
+        };
+        let t = match portcullis::proxy::split_target(target.as_bytes()) {
+            Ok(t) => t,
+            Err(reason) => {
+                println!("400 {reason}");
+                continue;
+            }
+        };
+        let raw_host = t.authority.as_deref().or(host);
+        let h = match raw_host.map(|h| portcullis::routing::normalize_host(h.as_bytes())) {
+            Some(Some(h)) => h.into_owned(),
+            Some(None) => {
+                println!("400 bad-host");
+                continue;
+            }
+            None => {
+                println!("400 missing-host (give --host)");
+                continue;
+            }
+        };
+        let forwarded = t.normalized.forward_target();
+        match rt.route(Some(&h), &t.normalized.match_path(), &m) {
+            None => println!("404 no-route (host {h}, path {forwarded})"),
+            Some(route) => match (&route.upstream, route.auth) {
+                (Some(u), portcullis::config::AuthMode::Public) => println!(
+                    "route {} (public) -> upstream {} as {forwarded}",
+                    route.name, u.spec.name
+                ),
+                _ => println!("403 route-denied by route {}", route.name),
+            },
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 fn run(path: &std::path::Path) -> ExitCode {

@@ -224,3 +224,41 @@ fn host_limited_deny_before_a_host_less_route_is_warned_about() {
     assert_eq!(cfg.warnings.len(), 1, "{:?}", cfg.warnings);
     assert!(cfg.warnings[0].to_string().contains("another Host header"));
 }
+
+/// `check --request` shows what the gateway would do with a request, using the request
+/// path's own normalisation and matching.
+#[test]
+fn check_explains_what_happens_to_a_request() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["check", "--config"])
+        .arg(root().join("gateway.yaml"))
+        .args(["--host", "shop.example.com"])
+        .args(["--request", "GET /static/app.css"])
+        .args(["--request", "GET /internal/../static/x"])
+        .args(["--request", "GET /static/..%2finternal"])
+        .args(["--request", "GET /x/..;/internal"])
+        .args(["--request", "POST /internal;a=b/secrets"])
+        .args(["--request", "GET https://admin.shop.example.com/static/x"])
+        .args(["--request", "get /"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "GET /static/app.css: route assets (public) -> upstream shop as /static/app.css",
+            "GET /internal/../static/x: route assets (public) -> upstream shop as /static/x",
+            "GET /static/..%2finternal: 400 encoded-slash",
+            "GET /x/..;/internal: 400 ambiguous-dot-segment",
+            "POST /internal;a=b/secrets: 403 route-denied by route internal",
+            "GET https://admin.shop.example.com/static/x: 403 route-denied by route admin-host",
+            "get /: 400 bad-method",
+        ]
+    );
+}

@@ -25,7 +25,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-pub use stages::RequestTarget;
+pub use stages::{split_target, RequestTarget};
 
 /// Per-request state, created by `new_ctx`.
 pub struct RequestCtx {

@@ -100,8 +100,9 @@ fn sent_content_length(session: &Session) -> bool {
     }
 }
 
-/// Splits origin-form and absolute-form targets and normalises the path.
-fn split_target(raw: &[u8]) -> Result<RequestTarget, &'static str> {
+/// Splits origin-form and absolute-form targets and normalises the path. On failure, the
+/// reason code of the 400.
+pub fn split_target(raw: &[u8]) -> Result<RequestTarget, &'static str> {
     let (authority, rest) = match absolute_form(raw) {
         Some((auth, rest)) => (Some(auth), rest),
         None => (None, raw),
