@@ -108,8 +108,9 @@ impl Upstream {
     }
 }
 
-/// Reads a PEM bundle of CA certificates for verifying one upstream.
-fn load_ca(path: &std::path::Path) -> Result<Arc<[WrappedX509]>, String> {
+/// Reads a PEM bundle of CA certificates for verifying one upstream (also used by config
+/// validation, so a bad bundle is reported with its file and YAML path).
+pub fn load_ca(path: &std::path::Path) -> Result<Arc<[WrappedX509]>, String> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::CertificateDer;
     let mut out = Vec::new();

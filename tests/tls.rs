@@ -279,3 +279,65 @@ async fn tls_upstream_with_its_ca_passes_health_checks() {
     }
     assert_eq!(gw.get("/x", &[]).await.status, 200);
 }
+
+/// A listener whose certificate or key cannot be used is a configuration error reported
+/// by `check` and `run` (which exits), never a process left running without its listener.
+#[test]
+fn unusable_listener_certificates_are_configuration_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_a, _key_a) = self_signed(&["a.test"]);
+    let (_cert_b, key_b) = self_signed(&["b.test"]);
+    std::fs::write(dir.path().join("garbage.pem"), "not a certificate\n").unwrap();
+    std::fs::write(dir.path().join("cert-a.pem"), cert_a).unwrap();
+    std::fs::write(dir.path().join("key-b.pem"), key_b).unwrap();
+    let port = free_port();
+    let cases = [
+        (
+            "garbage.pem",
+            "key-b.pem",
+            "listen[0].tls.cert",
+            "no certificate",
+        ),
+        (
+            "cert-a.pem",
+            "garbage.pem",
+            "listen[0].tls.key",
+            "no usable private key",
+        ),
+        (
+            "cert-a.pem",
+            "key-b.pem",
+            "listen[0].tls.key",
+            "does not fit",
+        ),
+    ];
+    for (cert, key, path, msg) in cases {
+        let yaml = format!(
+            "listen: [{{ address: \"127.0.0.1:{port}\", tls: {{ cert: {cert}, key: {key} }} }}]\n\
+             public_url: \"https://127.0.0.1:{port}\"\n\
+             admin: {{ address: \"127.0.0.1:{}\" }}\n",
+            free_port()
+        );
+        write_config(
+            dir.path(),
+            &yaml,
+            &[(
+                "a.yaml",
+                "routes:\n  - name: all\n    match: { path_prefix: / }\n    auth: deny\n",
+            )],
+        );
+        for cmd in ["check", "run"] {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+                .args([cmd, "--config"])
+                .arg(dir.path().join("gateway.yaml"))
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{cmd} {cert}/{key}: {stderr}");
+            assert!(
+                stderr.contains(path) && stderr.contains(msg),
+                "{cmd} {cert}/{key}: {stderr}"
+            );
+        }
+    }
+}

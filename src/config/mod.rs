@@ -482,13 +482,10 @@ impl<'a> Builder<'a> {
                 key: base.join(&t.key),
             });
             if let Some(t) = &tls {
-                for (f, what) in [(&t.cert, "cert"), (&t.key, "key")] {
-                    if let Err(e) = std::fs::File::open(f) {
-                        self.err(
-                            &format!("{path}.tls.{what}"),
-                            format!("cannot read {}: {e}", f.display()),
-                        );
-                    }
+                // Checked here in full: Pingora would only find out in its listener thread,
+                // panic there, and leave a process running without the listener.
+                if let Err((what, msg)) = check_tls_files(t) {
+                    self.err(&format!("{path}.tls.{what}"), msg);
                 }
             }
             out.push(Listener { addr, tls });
@@ -689,11 +686,8 @@ impl<'a> Builder<'a> {
             };
             let ca = t.ca.as_ref().map(|c| base.join(c));
             if let Some(ca) = &ca {
-                if let Err(e) = std::fs::File::open(ca) {
-                    self.err(
-                        &format!("{path}.tls.ca"),
-                        format!("cannot read {}: {e}", ca.display()),
-                    );
+                if let Err(e) = crate::upstream::load_ca(ca) {
+                    self.err(&format!("{path}.tls.ca"), e);
                 }
             }
             if !t.verify {
@@ -758,6 +752,34 @@ impl<'a> Builder<'a> {
         }
         HeaderHygiene::new(&extra)
     }
+}
+
+/// Loads a listener's certificate chain and key the way the TLS stack will, and checks
+/// that the key belongs to the first certificate. On error: which key is at fault, and why.
+fn check_tls_files(t: &TlsFiles) -> Result<(), (&'static str, String)> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&t.cert)
+        .map_err(|e| ("cert", format!("cannot read {}: {e}", t.cert.display())))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| ("cert", format!("invalid PEM in {}: {e}", t.cert.display())))?;
+    if certs.is_empty() {
+        return Err(("cert", format!("no certificate in {}", t.cert.display())));
+    }
+    let key = PrivateKeyDer::from_pem_file(&t.key).map_err(|e| {
+        (
+            "key",
+            format!("no usable private key in {}: {e}", t.key.display()),
+        )
+    })?;
+    rustls::sign::CertifiedKey::from_der(certs, key, &rustls::crypto::ring::default_provider())
+        .map_err(|e| {
+            (
+                "key",
+                format!("{} does not fit {}: {e}", t.key.display(), t.cert.display()),
+            )
+        })?;
+    Ok(())
 }
 
 /// True when two listening addresses would take the same connections: same port, and
