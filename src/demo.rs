@@ -75,7 +75,8 @@ impl ServeHttp for DemoApp {
         let body = format!(
             "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Portcullis demo app</title>\
              <style>body{{font-family:system-ui,sans-serif;max-width:48rem;margin:2rem auto;padding:0 1rem}}\
-             th{{text-align:left;padding-right:1rem}}tr.gw{{background:#e8f4e8}}code{{background:#f3f3f3}}</style></head>\
+             table{{border-collapse:collapse;width:100%}}th{{text-align:left;padding:.2rem 1rem .2rem .3rem;white-space:nowrap;vertical-align:top}}\
+             td{{word-break:break-all;padding:.2rem .3rem}}tr.gw{{background:#e8f4e8}}code{{background:#f3f3f3}}</style></head>\
              <body><h1>Portcullis demo app</h1>\
              <p>This page is the <em>upstream</em> application. Portcullis received your request, \
              normalised it and forwarded it here as <code>{method} {target}</code>.</p>\
