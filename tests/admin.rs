@@ -6,38 +6,6 @@ use common::*;
 use std::path::Path;
 use std::time::Duration;
 
-/// The value of the series `name` whose labels are exactly `labels`, in any order
-/// (the Prometheus encoder prints labels sorted by name).
-fn series_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let mut want: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
-    want.sort();
-    text.lines().find_map(|l| {
-        let rest = l.strip_prefix(name)?.strip_prefix('{')?;
-        let (set, value) = rest.split_once("} ")?;
-        let mut got: Vec<String> = set.split(',').map(str::to_string).collect();
-        got.sort();
-        (got == want).then(|| value.trim().parse().ok())?
-    })
-}
-
-/// Polls `f` (every 20 ms, for at most `limit`) until it returns `Some`.
-async fn eventually<T, F, Fut>(limit: Duration, mut f: F) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = std::time::Instant::now() + limit;
-    loop {
-        if let Some(v) = f().await {
-            return Some(v);
-        }
-        if std::time::Instant::now() >= deadline {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// A gateway whose admin listener requires `token` (read from a file given by absolute path).
 async fn gateway_with_token(echo: &Echo, token_file: &Path) -> Gateway {
     let port = free_port();

@@ -4,25 +4,7 @@
 
 mod common;
 use common::*;
-use std::time::{Duration, Instant};
-
-/// Polls `f` (every 50 ms, for at most `limit`) until it returns `Some`.
-async fn eventually<T, F, Fut>(limit: Duration, mut f: F) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f().await {
-            return Some(v);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+use std::time::Duration;
 
 const ROUTE_A: &str =
     "  - name: a\n    match: { path_prefix: /a }\n    upstream: app\n    auth: public\n";

@@ -62,20 +62,6 @@ fn assert_security_headers(r: &Response) {
     );
 }
 
-/// The value of the series `name` whose labels are exactly `labels`, in any order
-/// (the Prometheus encoder prints labels sorted by name).
-fn series_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let mut want: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
-    want.sort();
-    text.lines().find_map(|l| {
-        let rest = l.strip_prefix(name)?.strip_prefix('{')?;
-        let (set, value) = rest.split_once("} ")?;
-        let mut got: Vec<String> = set.split(',').map(str::to_string).collect();
-        got.sort();
-        (got == want).then(|| value.trim().parse().ok())?
-    })
-}
-
 fn json_accept() -> [(&'static str, &'static str); 1] {
     [("Accept", "application/json")]
 }
