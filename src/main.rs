@@ -124,36 +124,32 @@ fn explain_requests(
             return ExitCode::FAILURE;
         };
         print!("{method} {target}: ");
-        if method.bytes().any(|b| b.is_ascii_lowercase()) {
-            println!("400 bad-method");
-            continue;
-        }
-        let Ok(m) = http::Method::from_bytes(method.as_bytes()) else {
-            println!("400 bad-method");
-            continue;
-        };
-        let t = match portcullis::proxy::split_target(target.as_bytes()) {
-            Ok(t) => t,
+        let routed = http::Method::from_bytes(method.as_bytes())
+            .map_err(|_| "bad-method")
+            .and_then(|m| {
+                portcullis::proxy::check_method(&m)?;
+                portcullis::proxy::route_request(
+                    &rt,
+                    &m,
+                    target.as_bytes(),
+                    host.map(str::as_bytes).into_iter(),
+                    None,
+                )
+            });
+        let r = match routed {
+            Ok(r) => r,
+            Err("missing-host") => {
+                println!("400 missing-host (give --host)");
+                continue;
+            }
             Err(reason) => {
                 println!("400 {reason}");
                 continue;
             }
         };
-        let raw_host = t.authority.as_deref().or(host);
-        let h = match raw_host.map(|h| portcullis::routing::normalize_host(h.as_bytes())) {
-            Some(Some(h)) => h.into_owned(),
-            Some(None) => {
-                println!("400 bad-host");
-                continue;
-            }
-            None => {
-                println!("400 missing-host (give --host)");
-                continue;
-            }
-        };
-        let forwarded = t.normalized.forward_target();
-        match rt.route(Some(&h), &t.normalized.match_path(), &m) {
-            None => println!("404 no-route (host {h}, path {forwarded})"),
+        let forwarded = r.target.normalized.forward_target();
+        match r.route.map(|i| &rt.routes[i]) {
+            None => println!("404 no-route (host {}, path {forwarded})", r.host),
             Some(route) => match (&route.upstream, route.auth) {
                 (Some(u), portcullis::config::AuthMode::Public) => println!(
                     "route {} (public) -> upstream {} as {forwarded}",

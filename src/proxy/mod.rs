@@ -25,7 +25,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-pub use stages::{split_target, RequestTarget};
+pub use stages::{check_method, route_request, RequestTarget, Routed};
 
 /// Per-request state, created by `new_ctx`.
 pub struct RequestCtx {
@@ -40,8 +40,6 @@ pub struct RequestCtx {
     /// Whether the TCP peer is a trusted proxy (its forwarding headers are believed).
     pub peer_trusted: bool,
     pub tls: bool,
-    /// Normalised host (lower case, no port).
-    pub host: Option<String>,
     pub target: Option<RequestTarget>,
     /// Index into `rt.routes`.
     pub route: Option<usize>,
@@ -69,7 +67,6 @@ impl ProxyHttp for PortcullisProxy {
             client_ip: None,
             peer_trusted: false,
             tls: false,
-            host: None,
             target: None,
             route: None,
             rejected: None,

@@ -7,6 +7,7 @@ use crate::policy::{self, Decision};
 use crate::responses;
 use crate::routing::normalize_host;
 use crate::routing::path::{normalize_target, NormalizedTarget};
+use crate::runtime::Runtime;
 use http::header;
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
@@ -43,39 +44,76 @@ pub fn identify(session: &Session, ctx: &mut RequestCtx) {
 /// normalised safely is marked for a 400 (answered in `refuse_or_pass`).
 pub fn normalise_and_route(session: &Session, ctx: &mut RequestCtx) {
     let req = session.req_header();
-    // Methods are case-sensitive, but many frameworks upper-case them before routing, so
-    // `get` would reach a GET handler while missing a rule written for GET.
-    if req.method.as_str().bytes().any(|b| b.is_ascii_lowercase()) {
-        ctx.rejected = Some("bad-method");
-        return;
-    }
-    if req.headers.contains_key(header::TRANSFER_ENCODING) && sent_content_length(session) {
-        ctx.rejected = Some("conflicting-framing");
-        return;
-    }
-    let target = match split_target(req.raw_path()) {
-        Ok(t) => t,
-        Err(reason) => {
-            ctx.rejected = Some(reason);
-            return;
+    let routed = check_method(&req.method)
+        .and_then(|()| {
+            if req.headers.contains_key(header::TRANSFER_ENCODING) && sent_content_length(session) {
+                return Err("conflicting-framing");
+            }
+            Ok(())
+        })
+        .and_then(|()| {
+            route_request(
+                &ctx.rt,
+                &req.method,
+                req.raw_path(),
+                req.headers
+                    .get_all(header::HOST)
+                    .iter()
+                    .map(|v| v.as_bytes()),
+                req.uri.authority().map(|a| a.as_str()),
+            )
+        });
+    match routed {
+        Ok(r) => {
+            ctx.route = r.route;
+            ctx.target = Some(r.target);
         }
-    };
-    let host = match host_of(req, target.authority.as_deref()) {
-        Ok(h) => h,
-        Err(reason) => {
-            ctx.rejected = Some(reason);
-            return;
-        }
-    };
+        Err(reason) => ctx.rejected = Some(reason),
+    }
+}
+
+/// Methods are case-sensitive, but many frameworks upper-case them before routing, so
+/// `get` would reach a GET handler while missing a rule written for GET: refused.
+pub fn check_method(method: &http::Method) -> std::result::Result<(), &'static str> {
+    if method.as_str().bytes().any(|b| b.is_ascii_lowercase()) {
+        return Err("bad-method");
+    }
+    Ok(())
+}
+
+/// Where a request goes, decided from its target and host.
+pub struct Routed {
+    pub target: RequestTarget,
+    /// The normalised host (lower case, no port).
+    pub host: String,
+    /// Index into the runtime's routes; `None` for 404.
+    pub route: Option<usize>,
+}
+
+/// The routing decision: normalise the target and the host, then find the first matching
+/// route. Shared by the request path and `portcullis check --request`, so what `check`
+/// says is what the gateway does. `host_headers` are the values of every `Host` header;
+/// `uri_authority` is the HTTP/2 `:authority`. On failure, the reason code of the 400.
+pub fn route_request<'a>(
+    rt: &Runtime,
+    method: &http::Method,
+    raw_target: &[u8],
+    host_headers: impl Iterator<Item = &'a [u8]>,
+    uri_authority: Option<&str>,
+) -> std::result::Result<Routed, &'static str> {
+    let target = split_target(raw_target)?;
+    let host = resolve_host(target.authority.as_deref(), host_headers, uri_authority)?;
     let match_path = target.normalized.match_path();
-    ctx.route = ctx
-        .rt
+    let route = rt
         .routes
         .iter()
-        .position(|r| r.matcher.matches(host.as_deref(), &match_path, &req.method));
+        .position(|r| r.matcher.matches(Some(&host), &match_path, method));
     drop(match_path);
-    ctx.host = host;
-    ctx.target = Some(target);
+    Ok(Routed {
+        target,
+        host,
+        route,
+    })
 }
 
 /// True when the client sent `Content-Length` as well. Pingora drops it when
@@ -102,7 +140,7 @@ fn sent_content_length(session: &Session) -> bool {
 
 /// Splits origin-form and absolute-form targets and normalises the path. On failure, the
 /// reason code of the 400.
-pub fn split_target(raw: &[u8]) -> Result<RequestTarget, &'static str> {
+fn split_target(raw: &[u8]) -> Result<RequestTarget, &'static str> {
     let (authority, rest) = match absolute_form(raw) {
         Some((auth, rest)) => (Some(auth), rest),
         None => (None, raw),
@@ -142,31 +180,28 @@ fn absolute_form(raw: &[u8]) -> Option<(String, &[u8])> {
 }
 
 /// The request's host: the absolute-form authority if there was one, else the single
-/// `Host` header. One is required, HTTP/1.0 included: a request without a host would
-/// skip every host-limited rule. Several are refused (smuggling and cache poisoning hide
-/// behind duplicates).
-fn host_of(req: &RequestHeader, authority: Option<&str>) -> Result<Option<String>, &'static str> {
+/// `Host` header (or, for HTTP/2, the URI authority). One is required, HTTP/1.0
+/// included: a request without a host would skip every host-limited rule. Several are
+/// refused (smuggling and cache poisoning hide behind duplicates).
+fn resolve_host<'a>(
+    authority: Option<&str>,
+    mut host_headers: impl Iterator<Item = &'a [u8]>,
+    uri_authority: Option<&str>,
+) -> std::result::Result<String, &'static str> {
+    let normalized = |h: &[u8]| normalize_host(h).map(|h| h.into_owned()).ok_or("bad-host");
     if let Some(a) = authority {
         if a.contains('@') {
             return Err("bad-host");
         }
-        return normalize_host(a.as_bytes())
-            .map(|h| Some(h.into_owned()))
-            .ok_or("bad-host");
+        return normalized(a.as_bytes());
     }
-    let mut hosts = req.headers.get_all(header::HOST).iter();
-    match (hosts.next(), hosts.next()) {
-        // HTTP/2 carries the host in the URI authority rather than a header.
-        (None, _) => match req.uri.authority() {
-            Some(a) => normalize_host(a.as_str().as_bytes())
-                .map(|h| Some(h.into_owned()))
-                .ok_or("bad-host"),
+    match (host_headers.next(), host_headers.next()) {
+        (None, _) => match uri_authority {
+            Some(a) => normalized(a.as_bytes()),
             None => Err("missing-host"),
         },
         (Some(_), Some(_)) => Err("duplicate-host"),
-        (Some(h), None) => normalize_host(h.as_bytes())
-            .map(|h| Some(h.into_owned()))
-            .ok_or("bad-host"),
+        (Some(h), None) => normalized(h),
     }
 }
 
