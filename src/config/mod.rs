@@ -172,16 +172,15 @@ pub fn load(path: &Path) -> Result<GatewayConfig, ConfigErrors> {
             return Err(ConfigErrors { errors: d.errors });
         }
     };
-    let mut cfg = load_from_str(path, &text, &mut d)?;
-    cfg.stamps.entries[0].1 = stamp;
-    Ok(cfg)
+    load_text(path, &text, stamp, &mut d)
 }
 
-/// Like [`load`], with the text of `gateway.yaml` given (the demo embeds its own).
-/// Policy paths are still relative to `path`'s directory.
-pub fn load_from_str(
+/// Validates the text of `gateway.yaml` read from `path` (stamped just before reading)
+/// and the policies relative to it.
+fn load_text(
     path: &Path,
     text: &str,
+    stamp: Stamp,
     d: &mut Diagnostics,
 ) -> Result<GatewayConfig, ConfigErrors> {
     let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
@@ -195,7 +194,7 @@ pub fn load_from_str(
         root: &root,
         d,
     };
-    let cfg = b.gateway(&base);
+    let cfg = b.gateway(&base, stamp);
     if b.d.errors.is_empty() {
         if let Some(mut cfg) = cfg {
             cfg.warnings = std::mem::take(&mut b.d.warnings);
@@ -320,7 +319,7 @@ impl<'a> Builder<'a> {
         }
     }
 
-    fn gateway(&mut self, base: &Path) -> Option<GatewayConfig> {
+    fn gateway(&mut self, base: &Path, stamp: Stamp) -> Option<GatewayConfig> {
         let root = self.root;
         if !matches!(root.value, node::Value::Map(_)) {
             self.err("", "expected a mapping of settings at the top of the file");
@@ -379,7 +378,7 @@ impl<'a> Builder<'a> {
         };
         let policy_source = base.join(&policies_rel);
         let mut stamps = FileStamps {
-            entries: vec![(self.file.clone(), file_stamp(&self.file))],
+            entries: vec![(self.file.clone(), stamp)],
         };
         let routes = load_policies(
             &policy_source,
