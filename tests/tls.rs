@@ -83,26 +83,9 @@ async fn https_get(
         .expect("HTTPS request timed out")
 }
 
+/// The harness's response parser; a malformed response fails the test.
 fn parse(buf: &[u8]) -> Option<Response> {
-    let mut headers = [httparse::EMPTY_HEADER; 64];
-    let mut resp = httparse::Response::new(&mut headers);
-    match resp.parse(buf).expect("a valid HTTP response") {
-        httparse::Status::Complete(n) => Some(Response {
-            status: resp.code.unwrap_or(0),
-            headers: resp
-                .headers
-                .iter()
-                .map(|h| {
-                    (
-                        h.name.to_ascii_lowercase(),
-                        String::from_utf8_lossy(h.value).into_owned(),
-                    )
-                })
-                .collect(),
-            body: buf[n..].to_vec(),
-        }),
-        httparse::Status::Partial => None,
-    }
+    parse_response(buf).expect("a valid HTTP response")
 }
 
 /// `upstreams:` with one TLS upstream `app` at `addr`; `tls` is the inside of `tls: { }`.

@@ -438,7 +438,7 @@ pub async fn try_send(port: u16, bytes: &[u8]) -> Result<Response, String> {
         .map_err(|_| "timed out".to_string())?
 }
 
-fn parse_response(buf: &[u8]) -> Result<Option<Response>, String> {
+pub fn parse_response(buf: &[u8]) -> Result<Option<Response>, String> {
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut resp = httparse::Response::new(&mut headers);
     match resp.parse(buf) {
