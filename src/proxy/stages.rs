@@ -32,11 +32,10 @@ pub fn identify(session: &Session, ctx: &mut RequestCtx) {
     ctx.peer_ip = peer;
     if let Some(peer) = peer {
         ctx.peer_trusted = ctx.rt.trusted_proxies.contains(peer);
-        ctx.client_ip = Some(
-            ctx.rt
-                .trusted_proxies
-                .client_ip(peer, req.headers.get_all(headers::X_FORWARDED_FOR).iter()),
-        );
+        ctx.client_ip = Some(ctx.rt.trusted_proxies.client_ip(
+            peer,
+            req.headers.get_all(&headers::names::X_FORWARDED_FOR).iter(),
+        ));
     }
 }
 
