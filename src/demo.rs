@@ -9,7 +9,8 @@ use pingora::protocols::http::ServerSession;
 use pingora::services::listening::Service;
 use std::path::{Path, PathBuf};
 
-/// The demo's `gateway.yaml`; `{PORT}`, `{ADMIN_PORT}` and `{APP_PORT}` are filled in.
+/// The demo's `gateway.yaml`; `{PORT}`, `{ADMIN_PORT}`, `{APP_PORT}` and `{IDP_PORT}`
+/// are filled in.
 pub const DEMO_GATEWAY: &str = include_str!("../deploy/demo/gateway.yaml");
 /// The demo's route policy.
 pub const DEMO_POLICY: &str = include_str!("../deploy/demo/policies/demo.yaml");
@@ -17,19 +18,42 @@ pub const DEMO_POLICY: &str = include_str!("../deploy/demo/policies/demo.yaml");
 /// Writes the demo configuration into `dir` and returns the path of its `gateway.yaml`.
 pub fn write_config(
     dir: &Path,
-    port: u16,
-    admin_port: u16,
-    app_port: u16,
+    ports: &DemoPorts,
+    client_secret: &str,
 ) -> std::io::Result<PathBuf> {
     std::fs::create_dir_all(dir.join("policies"))?;
     let gw = DEMO_GATEWAY
-        .replace("{PORT}", &port.to_string())
-        .replace("{ADMIN_PORT}", &admin_port.to_string())
-        .replace("{APP_PORT}", &app_port.to_string());
+        .replace("{PORT}", &ports.gateway.to_string())
+        .replace("{ADMIN_PORT}", &ports.admin.to_string())
+        .replace("{APP_PORT}", &ports.app.to_string())
+        .replace("{IDP_PORT}", &ports.idp.to_string());
+    write_private(&dir.join("client-secret"), client_secret)?;
     let path = dir.join("gateway.yaml");
     std::fs::write(&path, gw)?;
     std::fs::write(dir.join("policies").join("demo.yaml"), DEMO_POLICY)?;
     Ok(path)
+}
+
+/// The demo's ports.
+pub struct DemoPorts {
+    pub gateway: u16,
+    pub admin: u16,
+    pub app: u16,
+    pub idp: u16,
+}
+
+/// The OAuth client the demo registers at its development provider.
+pub const DEMO_CLIENT_ID: &str = "portcullis-demo";
+
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(text.as_bytes())
 }
 
 /// A free loopback port, found by binding port 0 (Pingora cannot report the port it got).
@@ -59,7 +83,11 @@ impl ServeHttp for DemoApp {
         names.sort_unstable();
         for name in names {
             for v in req.headers.get_all(name) {
-                let mark = if name.starts_with("x-forwarded-") || name == "x-request-id" {
+                let mark = if name.starts_with("x-forwarded-")
+                    || name.starts_with("x-auth-")
+                    || name == "x-portcullis-assertion"
+                    || name == "x-request-id"
+                {
                     " class=\"gw\""
                 } else {
                     ""
@@ -80,6 +108,10 @@ impl ServeHttp for DemoApp {
              <body><h1>Portcullis demo app</h1>\
              <p>This page is the <em>upstream</em> application. Portcullis received your request, \
              normalised it and forwarded it here as <code>{method} {target}</code>.</p>\
+             <p>Sign in: <a href=\"/account\">/account</a> (login required; shows the identity headers) · \
+             <a href=\"/staff\">/staff</a> (group <code>staff</code> only) · \
+             <a href=\"/mfa\">/mfa</a> (needs the one-time-code login) · \
+             <a href=\"/.portcullis/userinfo\">/.portcullis/userinfo</a> (your session as JSON).</p>\
              <p>Try: <a href=\"/\">/</a> (public) · <a href=\"/public/hello\">/public/hello</a> (public) · \
              <a href=\"/admin\">/admin</a> (denied by policy) · <a href=\"/public/%2e%2e/admin\">/public/%2e%2e/admin</a> \
              (normalised to /admin, still denied) · <a href=\"/nowhere/..%2fadmin\">/nowhere/..%2fadmin</a> (refused: 400).</p>\

@@ -315,6 +315,33 @@ pub fn set_forwarding(
     Ok(())
 }
 
+/// Headers a route's identity templates may not set: framing, routing, forwarding and
+/// credentials belong to the protocol and the gateway, not to identity.
+pub fn is_reserved_injection(lower: &str) -> bool {
+    const RESERVED: &[&str] = &[
+        "host",
+        "content-length",
+        "content-type",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "upgrade",
+        "cookie",
+        "authorization",
+        "proxy-authorization",
+        "forwarded",
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x-forwarded-proto",
+        "x-request-id",
+        "x-portcullis-assertion",
+    ];
+    let c = canonical(lower);
+    RESERVED.contains(&c.as_str()) || c.starts_with("proxy-")
+}
+
 /// Takes the client's `X-Request-Id` when it is a plausible id (1 to 128 characters of
 /// letters, digits and `-_.:+=/`), otherwise makes a new random one. Validation keeps
 /// ids safe to print in logs and pages.

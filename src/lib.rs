@@ -3,11 +3,17 @@
 //! Modules map one-to-one onto the jobs in the request path; `proxy` puts them in order.
 
 pub mod admin;
+pub mod auth;
 pub mod clock;
 pub mod config;
+pub mod cookies;
 pub mod demo;
+pub mod devidp;
+pub mod endpoints;
 pub mod headers;
+pub mod identity_headers;
 pub mod metrics;
+pub mod oidc;
 pub mod policy;
 pub mod proxy;
 pub mod responses;

@@ -110,8 +110,10 @@ fn explain_requests(
     requests: &[String],
     host: Option<&str>,
 ) -> ExitCode {
-    let metrics = portcullis::metrics::Metrics::new();
-    let rt = match portcullis::runtime::Runtime::build(cfg, None, &metrics, 1) {
+    let metrics = std::sync::Arc::new(portcullis::metrics::Metrics::new());
+    let clock: std::sync::Arc<dyn portcullis::clock::Clock> =
+        std::sync::Arc::new(portcullis::clock::SystemClock);
+    let rt = match portcullis::runtime::Runtime::build(cfg, None, &metrics, &clock, 1) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: {e}");
@@ -206,10 +208,10 @@ fn run(path: &std::path::Path) -> ExitCode {
 }
 
 fn run_demo(port: u16, admin_port: u16) -> ExitCode {
-    let app_port = match demo::free_port() {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("error: no free port for the demo app: {e}");
+    let (app_port, idp_port) = match (demo::free_port(), demo::free_port()) {
+        (Ok(a), Ok(i)) if a != i => (a, i),
+        _ => {
+            eprintln!("error: no free ports for the demo app and identity provider");
             return ExitCode::FAILURE;
         }
     };
@@ -224,13 +226,32 @@ fn run_demo(port: u16, admin_port: u16) -> ExitCode {
         eprintln!("error: cannot create {}: {e}", dir.display());
         return ExitCode::FAILURE;
     }
-    let path = match demo::write_config(&dir, port, admin_port, app_port) {
+    let ports = demo::DemoPorts {
+        gateway: port,
+        admin: admin_port,
+        app: app_port,
+        idp: idp_port,
+    };
+    let secret = portcullis::oidc::flow::random_token();
+    let path = match demo::write_config(&dir, &ports, &secret) {
         Ok(p) => p,
         Err(e) => {
             eprintln!(
                 "error: cannot write the demo configuration to {}: {e}",
                 dir.display()
             );
+            return ExitCode::FAILURE;
+        }
+    };
+    let idp = match portcullis::devidp::DevIdp::new(
+        format!("http://127.0.0.1:{idp_port}"),
+        demo::DEMO_CLIENT_ID.to_string(),
+        secret,
+        format!("http://127.0.0.1:{port}/.portcullis/callback"),
+    ) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("error: development identity provider: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -241,15 +262,28 @@ fn run_demo(port: u16, admin_port: u16) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match server::build(cfg, vec![Box::new(demo::app_service(app_port))]) {
+    let extra: Vec<Box<dyn pingora::services::ServiceWithDependents>> = vec![
+        Box::new(demo::app_service(app_port)),
+        Box::new(idp.service(idp_port)),
+    ];
+    match server::build(cfg, extra) {
         Ok((server, _gw)) => {
             println!();
             println!("  Portcullis demo is running (development only: plain http on loopback).");
             println!();
             println!("    Open      http://127.0.0.1:{port}/");
+            println!(
+                "    Sign in   http://127.0.0.1:{port}/account   (as a demo user; no password)"
+            );
+            println!("    Staff     http://127.0.0.1:{port}/staff     (group staff only)");
             println!("    Denied    http://127.0.0.1:{port}/admin");
             println!("    Metrics   http://127.0.0.1:{admin_port}/metrics");
             println!("    Config    {}", path.display());
+            println!();
+            println!(
+                "  Sign-in goes to a development identity provider on http://127.0.0.1:{idp_port}"
+            );
+            println!("  built into this command. It has fixed users and no passwords: not for production.");
             println!();
             println!("  Try a spoofed identity header; the demo app will not see it:");
             println!("    curl -H 'X-Forwarded-User: admin' -H 'X_Auth_User: admin' http://127.0.0.1:{port}/");

@@ -26,6 +26,25 @@ pub struct Metrics {
     upstream_healthy: IntGaugeVec,
     config_reloads: IntCounterVec,
     config_last_success: IntGauge,
+    identity: IdentityMetrics,
+}
+
+/// Login, session, provider and store metrics.
+struct IdentityMetrics {
+    logins_started: IntCounterVec,
+    logins_completed: IntCounterVec,
+    login_failures: IntCounterVec,
+    login_duration: HistogramVec,
+    auth_refusals: IntCounterVec,
+    store_errors: IntCounterVec,
+    store_up: IntGauge,
+    provider_up: IntGaugeVec,
+    provider_errors: IntCounterVec,
+    jwks_fetches: IntCounterVec,
+}
+
+fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    must(IntCounterVec::new(Opts::new(name, help), labels))
 }
 
 /// Per-route handles resolved once per config load, so recording a request is a few
@@ -101,6 +120,77 @@ impl Metrics {
             "portcullis_config_last_reload_success_timestamp_seconds",
             "Unix time of the last successful configuration load.",
         ));
+        let identity = IdentityMetrics {
+            logins_started: counter(
+                "portcullis_logins_started_total",
+                "Logins started (browsers sent to a provider), by provider.",
+                &["provider"],
+            ),
+            logins_completed: counter(
+                "portcullis_logins_completed_total",
+                "Logins that created a session, by provider.",
+                &["provider"],
+            ),
+            login_failures: counter(
+                "portcullis_login_failures_total",
+                "Callbacks that created no session, by provider and reason code.",
+                &["provider", "reason"],
+            ),
+            login_duration: must(HistogramVec::new(
+                HistogramOpts::new(
+                    "portcullis_login_duration_seconds",
+                    "Time from login start to session, by provider.",
+                )
+                .buckets(vec![1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0]),
+                &["provider"],
+            )),
+            auth_refusals: counter(
+                "portcullis_auth_refusals_total",
+                "Requests to protected routes not let through (login, 401, 403, 503), by route and reason code.",
+                &["route", "reason"],
+            ),
+            store_errors: counter(
+                "portcullis_session_store_errors_total",
+                "Session store operations that failed (store unreachable or slow).",
+                &["operation"],
+            ),
+            store_up: must(IntGauge::new(
+                "portcullis_session_store_up",
+                "1 when the last session store operation succeeded, else 0.",
+            )),
+            provider_up: must(IntGaugeVec::new(
+                Opts::new(
+                    "portcullis_provider_up",
+                    "1 when the provider's discovery metadata is loaded, else 0.",
+                ),
+                &["provider"],
+            )),
+            provider_errors: counter(
+                "portcullis_provider_errors_total",
+                "Failed requests to a provider, by provider, operation and kind.",
+                &["provider", "operation", "kind"],
+            ),
+            jwks_fetches: counter(
+                "portcullis_jwks_fetches_total",
+                "Fetches of a provider's signing keys, by provider and result.",
+                &["provider", "result"],
+            ),
+        };
+        identity.store_up.set(1);
+        for c in [
+            Box::new(identity.logins_started.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(identity.logins_completed.clone()),
+            Box::new(identity.login_failures.clone()),
+            Box::new(identity.login_duration.clone()),
+            Box::new(identity.auth_refusals.clone()),
+            Box::new(identity.store_errors.clone()),
+            Box::new(identity.store_up.clone()),
+            Box::new(identity.provider_up.clone()),
+            Box::new(identity.provider_errors.clone()),
+            Box::new(identity.jwks_fetches.clone()),
+        ] {
+            must(registry.register(c));
+        }
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(duration.clone()),
@@ -124,7 +214,83 @@ impl Metrics {
             upstream_healthy,
             config_reloads,
             config_last_success,
+            identity,
         }
+    }
+
+    /// A browser was sent to `provider` to log in.
+    pub fn login_started(&self, provider: &str) {
+        self.identity
+            .logins_started
+            .with_label_values(&[provider])
+            .inc();
+    }
+
+    /// A login created a session, `seconds` after it started.
+    pub fn login_completed(&self, provider: &str, seconds: f64) {
+        self.identity
+            .logins_completed
+            .with_label_values(&[provider])
+            .inc();
+        self.identity
+            .login_duration
+            .with_label_values(&[provider])
+            .observe(seconds);
+    }
+
+    /// A callback (or login start) that created no session. `provider` is `unknown`
+    /// when the callback could not be tied to a login.
+    pub fn login_failed(&self, provider: &str, reason: &'static str) {
+        self.identity
+            .login_failures
+            .with_label_values(&[provider, reason])
+            .inc();
+    }
+
+    /// A request to a protected route that was not let through.
+    pub fn auth_refused(&self, route: &str, reason: &'static str) {
+        self.identity
+            .auth_refusals
+            .with_label_values(&[route, reason])
+            .inc();
+    }
+
+    /// The outcome of a session store operation.
+    pub fn store_result(&self, operation: &'static str, ok: bool) {
+        if !ok {
+            self.identity
+                .store_errors
+                .with_label_values(&[operation])
+                .inc();
+        }
+        self.identity.store_up.set(ok as i64);
+    }
+
+    pub fn provider_up(&self, provider: &str, up: bool) {
+        self.identity
+            .provider_up
+            .with_label_values(&[provider])
+            .set(up as i64);
+    }
+
+    pub fn provider_error(&self, provider: &str, operation: &'static str, kind: &'static str) {
+        self.identity
+            .provider_errors
+            .with_label_values(&[provider, operation, kind])
+            .inc();
+    }
+
+    pub fn jwks_fetch(&self, provider: &str, ok: bool) {
+        let result = if ok { "success" } else { "error" };
+        self.identity
+            .jwks_fetches
+            .with_label_values(&[provider, result])
+            .inc();
+    }
+
+    /// Drops the series of a provider that a reload removed.
+    pub fn forget_provider(&self, provider: &str) {
+        let _ = self.identity.provider_up.remove_label_values(&[provider]);
     }
 
     /// Handles for one route's request counters and latency histogram.

@@ -1,39 +1,266 @@
 //! Policy decisions: what a route's rules say about a request, as a value with a reason.
 //!
-//! Reasons are kebab-case codes reused verbatim in responses, logs and metrics.
+//! Reasons are kebab-case codes reused verbatim in responses, logs and metrics. The one
+//! place decisions become responses is `proxy::stages::answer`.
 
-use crate::config::AuthMode;
+use crate::config::{AuthMode, ClaimValue, Requirements};
+use crate::session::Session;
+use serde_json::Value;
 
 /// The outcome of evaluating a route's policy for one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
     /// Send the request on to the upstream.
     Allow,
-    /// Refuse with 403.
+    /// Refuse with 403: the route denies everyone, or the user does not meet `require`.
     Deny { reason: &'static str },
+    /// No (valid) session: browsers are sent to log in, other clients get 401.
+    Login { reason: &'static str },
+    /// A bearer route without a valid token: 401 with a `WWW-Authenticate: Bearer`
+    /// challenge; `error` is the RFC 6750 error code, if any.
+    Unauthorized {
+        reason: &'static str,
+        error: Option<&'static str>,
+    },
+    /// Something we depend on is down (session store, provider): fail closed, 503.
+    Unavailable { reason: &'static str },
 }
 
-/// Decides for a request that matched a route with `auth`.
-pub fn decide(auth: AuthMode) -> Decision {
+impl Decision {
+    pub fn reason(&self) -> Option<&'static str> {
+        match *self {
+            Decision::Allow => None,
+            Decision::Deny { reason }
+            | Decision::Login { reason }
+            | Decision::Unauthorized { reason, .. }
+            | Decision::Unavailable { reason } => Some(reason),
+        }
+    }
+}
+
+/// Decides for a request that matched a route with `auth`, before any identity is
+/// looked at: public routes pass, deny routes refuse, the rest need an identity.
+pub fn decide(auth: AuthMode) -> Option<Decision> {
     match auth {
-        AuthMode::Public => Decision::Allow,
-        AuthMode::Deny => Decision::Deny {
+        AuthMode::Public => Some(Decision::Allow),
+        AuthMode::Deny => Some(Decision::Deny {
             reason: "route-denied",
-        },
+        }),
+        AuthMode::Login | AuthMode::Bearer | AuthMode::LoginOrBearer => None,
+    }
+}
+
+/// Checks a route's `require:` against an identity. The first unmet requirement is the
+/// reason.
+pub fn check(req: &Requirements, id: &Session) -> Decision {
+    match unmet(req, id) {
+        None => Decision::Allow,
+        Some(reason) => Decision::Deny { reason },
+    }
+}
+
+fn unmet(req: &Requirements, id: &Session) -> Option<&'static str> {
+    let groups: Vec<&str> = match id.claims.get("groups") {
+        Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
+        Some(Value::String(s)) => vec![s.as_str()],
+        _ => Vec::new(),
+    };
+    if !req.groups_any.is_empty() && !req.groups_any.iter().any(|g| groups.contains(&g.as_str())) {
+        return Some("group-missing");
+    }
+    if !req.groups_all.iter().all(|g| groups.contains(&g.as_str())) {
+        return Some("group-missing");
+    }
+    for (name, want) in &req.claims {
+        let have = match name.as_str() {
+            "sub" => Some(Value::String(id.subject.clone())),
+            "provider" => Some(Value::String(id.provider.clone())),
+            "acr" => id.acr.clone().map(Value::String),
+            _ => id.claims.get(name).cloned(),
+        };
+        if !claim_equals(have.as_ref(), want) {
+            return Some("claim-mismatch");
+        }
+    }
+    let verified = id.claims.get("email_verified").and_then(Value::as_bool) == Some(true);
+    if let Some(want) = req.email_verified {
+        if want && !verified {
+            return Some("email-unverified");
+        }
+    }
+    if !req.email_domains.is_empty() {
+        let domain = id
+            .claims
+            .get("email")
+            .and_then(Value::as_str)
+            .and_then(|e| e.rsplit_once('@'))
+            .map(|(_, d)| d.to_ascii_lowercase());
+        // An unverified address proves nothing about the domain.
+        if !verified || !domain.is_some_and(|d| req.email_domains.contains(&d)) {
+            return Some("email-domain-not-allowed");
+        }
+    }
+    if let Some(min) = &req.acr {
+        let ok = min
+            .accepted
+            .iter()
+            .find(|(p, _)| p == &id.provider)
+            .is_some_and(|(_, values)| id.acr.as_ref().is_some_and(|a| values.contains(a)));
+        if !ok {
+            return Some("acr-insufficient");
+        }
+    }
+    None
+}
+
+/// A claim equals the wanted value; for a list claim, when the list contains it.
+fn claim_equals(have: Option<&Value>, want: &ClaimValue) -> bool {
+    let one = |v: &Value| match (v, want) {
+        (Value::String(s), ClaimValue::Str(w)) => s == w,
+        (Value::Bool(b), ClaimValue::Bool(w)) => b == w,
+        (Value::Number(n), ClaimValue::Int(w)) => n.as_i64() == Some(*w),
+        _ => false,
+    };
+    match have {
+        Some(Value::Array(items)) => items.iter().any(one),
+        Some(v) => one(v),
+        None => false,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::MinAcr;
+    use serde_json::json;
+
+    fn user(claims: Value, acr: Option<&str>) -> Session {
+        Session {
+            provider: "corp".into(),
+            issuer: "https://id.example".into(),
+            subject: "u1".into(),
+            claims: claims.as_object().unwrap().clone(),
+            acr: acr.map(str::to_string),
+            amr: vec![],
+            auth_time: None,
+            created_ms: 0,
+            last_seen_ms: 0,
+            client_ip: None,
+            user_agent: None,
+        }
+    }
 
     #[test]
     fn public_allows_and_deny_denies_with_a_reason() {
-        assert_eq!(decide(AuthMode::Public), Decision::Allow);
+        assert_eq!(decide(AuthMode::Public), Some(Decision::Allow));
         assert_eq!(
             decide(AuthMode::Deny),
-            Decision::Deny {
+            Some(Decision::Deny {
                 reason: "route-denied"
+            })
+        );
+        assert_eq!(decide(AuthMode::Login), None);
+    }
+
+    #[test]
+    fn groups_any_and_all() {
+        let u = user(json!({"groups": ["staff", "ops"]}), None);
+        let any = Requirements {
+            groups_any: vec!["admins".into(), "ops".into()],
+            ..Default::default()
+        };
+        assert_eq!(check(&any, &u), Decision::Allow);
+        let all = Requirements {
+            groups_all: vec!["staff".into(), "admins".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            check(&all, &u),
+            Decision::Deny {
+                reason: "group-missing"
+            }
+        );
+        let none = user(json!({}), None);
+        assert_eq!(
+            check(&any, &none),
+            Decision::Deny {
+                reason: "group-missing"
+            }
+        );
+    }
+
+    #[test]
+    fn claims_email_and_domain() {
+        let u = user(
+            json!({"email": "a@Example.com", "email_verified": true, "dept": "sales", "level": 3}),
+            None,
+        );
+        let r = Requirements {
+            claims: vec![
+                ("dept".into(), ClaimValue::Str("sales".into())),
+                ("level".into(), ClaimValue::Int(3)),
+            ],
+            email_verified: Some(true),
+            email_domains: vec!["example.com".into()],
+            ..Default::default()
+        };
+        assert_eq!(check(&r, &u), Decision::Allow);
+        let wrong = Requirements {
+            claims: vec![("dept".into(), ClaimValue::Str("ops".into()))],
+            ..Default::default()
+        };
+        assert_eq!(
+            check(&wrong, &u),
+            Decision::Deny {
+                reason: "claim-mismatch"
+            }
+        );
+        let unverified = user(
+            json!({"email": "a@example.com", "email_verified": false}),
+            None,
+        );
+        let domain_only = Requirements {
+            email_domains: vec!["example.com".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            check(&domain_only, &unverified),
+            Decision::Deny {
+                reason: "email-domain-not-allowed"
+            }
+        );
+        let r2 = Requirements {
+            email_verified: Some(true),
+            ..Default::default()
+        };
+        assert_eq!(
+            check(&r2, &unverified),
+            Decision::Deny {
+                reason: "email-unverified"
+            }
+        );
+    }
+
+    #[test]
+    fn acr_levels_count_from_the_minimum_up() {
+        let r = Requirements {
+            acr: Some(MinAcr {
+                level: "mfa".into(),
+                accepted: vec![("corp".into(), vec!["loa2".into(), "loa3".into()])],
+            }),
+            ..Default::default()
+        };
+        assert_eq!(check(&r, &user(json!({}), Some("loa3"))), Decision::Allow);
+        assert_eq!(
+            check(&r, &user(json!({}), Some("loa1"))),
+            Decision::Deny {
+                reason: "acr-insufficient"
+            }
+        );
+        assert_eq!(
+            check(&r, &user(json!({}), None)),
+            Decision::Deny {
+                reason: "acr-insufficient"
             }
         );
     }

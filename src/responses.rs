@@ -9,12 +9,14 @@ use pingora::http::ResponseHeader;
 fn message(status: u16) -> &'static str {
     match status {
         400 => "The request could not be understood.",
+        401 => "You need to sign in to see this.",
         403 => "You are not allowed to see this page.",
         404 => "There is nothing here.",
         405 => "This method is not allowed here.",
         413 => "The request is too large.",
         429 => "Too many requests. Please wait a moment and try again.",
         502 => "The application behind this gateway cannot be reached right now.",
+        500 => "Something went wrong on our side.",
         503 => "This service is temporarily unavailable.",
         504 => "The application behind this gateway took too long to answer.",
         _ => "Something went wrong.",

@@ -5,10 +5,17 @@
 //! takes one `Arc` of it in `new_ctx` and keeps it to the end, so a reload that lands
 //! mid-request never mixes two configurations.
 
-use crate::config::{self, AuthMode, ConfigErrors, GatewayConfig, PublicUrl};
+use crate::clock::Clock;
+use crate::config::{self, AuthMode, ConfigErrors, GatewayConfig, PublicUrl, RouteAuth, StoreSpec};
 use crate::headers::{HeaderHygiene, TrustedProxies};
+use crate::identity_headers::{self, AssertionSigner, HeaderTemplates};
 use crate::metrics::{Metrics, RouteMetrics};
+use crate::oidc::Provider;
 use crate::routing::RouteMatcher;
+use crate::session::{
+    MemoryStore, Metered, RedisStore, RedisStoreConfig, SessionManager, SessionStore,
+    SessionTimeouts,
+};
 use crate::upstream::Upstream;
 use arc_swap::ArcSwap;
 use http::Method;
@@ -24,6 +31,8 @@ pub struct Route {
     pub auth: AuthMode,
     pub upstream: Option<Arc<Upstream>>,
     pub metrics: RouteMetrics,
+    pub identity: RouteAuth,
+    pub headers: HeaderTemplates,
 }
 
 /// One immutable configuration generation, ready for the request path.
@@ -37,7 +46,19 @@ pub struct Runtime {
     pub public_url: PublicUrl,
     /// Metrics of requests that matched no route.
     pub unmatched: RouteMetrics,
+    /// Metrics of requests to the gateway's own endpoints (`/.portcullis/...`).
+    pub endpoints: RouteMetrics,
+    pub clock: Arc<dyn Clock>,
+    pub metrics: Arc<Metrics>,
+    /// The session store as configured (kept across reloads while its settings stay).
+    pub store: Arc<dyn SessionStore>,
+    pub sessions: SessionManager,
+    pub providers: BTreeMap<String, Arc<Provider>>,
+    pub signer: Arc<AssertionSigner>,
 }
+
+/// Route label of the gateway's own endpoints.
+pub const ENDPOINTS_ROUTE: &str = "portcullis-endpoints";
 
 impl Runtime {
     /// Compiles `cfg`. Upstreams whose settings did not change are carried over from
@@ -45,7 +66,8 @@ impl Runtime {
     pub fn build(
         cfg: GatewayConfig,
         previous: Option<&Runtime>,
-        metrics: &Metrics,
+        metrics: &Arc<Metrics>,
+        clock: &Arc<dyn Clock>,
         generation: u64,
     ) -> Result<Runtime, String> {
         let mut upstreams = BTreeMap::new();
@@ -69,14 +91,60 @@ impl Runtime {
                 auth: r.auth,
                 upstream: r.upstream.as_ref().and_then(|u| upstreams.get(u).cloned()),
                 metrics: metrics.route(&r.name),
+                headers: identity_headers::compile(&r.identity.headers),
+                identity: r.identity.clone(),
             })
             .collect();
+        let store = match previous {
+            Some(p) if p.config.session.store.same_as(&cfg.session.store) => p.store.clone(),
+            _ => new_store(&cfg.session.store, metrics, clock)?,
+        };
+        let session = &cfg.session;
+        let sessions = SessionManager::new(
+            store.clone(),
+            clock.clone(),
+            SessionTimeouts {
+                idle: session.idle_timeout,
+                absolute: session.absolute_timeout,
+                // last_seen is written back at most this often.
+                touch_every: (session.idle_timeout / 10).min(std::time::Duration::from_secs(60)),
+            },
+        );
+        let redirect_uri = format!("{}/.portcullis/callback", cfg.public_url.origin);
+        let mut providers = BTreeMap::new();
+        for spec in &cfg.providers {
+            let reused = previous
+                .and_then(|p| p.providers.get(&spec.id))
+                .filter(|p| p.spec.same_as(spec) && p.redirect_uri == redirect_uri)
+                .cloned();
+            let p = match reused {
+                Some(p) => p,
+                None => Arc::new(Provider::new(
+                    spec.clone(),
+                    redirect_uri.clone(),
+                    clock.clone(),
+                    metrics.clone(),
+                )?),
+            };
+            providers.insert(spec.id.clone(), p);
+        }
+        let signer = match previous {
+            Some(p) if p.signer.matches(&cfg.assertion) => p.signer.clone(),
+            _ => Arc::new(AssertionSigner::new(&cfg.assertion)?),
+        };
         Ok(Runtime {
             generation,
             hygiene: cfg.hygiene.clone(),
             trusted_proxies: TrustedProxies::new(cfg.trusted_proxies.clone()),
             public_url: cfg.public_url.clone(),
             unmatched: metrics.route(crate::metrics::NO_ROUTE),
+            endpoints: metrics.route(ENDPOINTS_ROUTE),
+            clock: clock.clone(),
+            metrics: metrics.clone(),
+            store,
+            sessions,
+            providers,
+            signer,
             routes,
             upstreams,
             config: cfg,
@@ -89,6 +157,28 @@ impl Runtime {
             .iter()
             .find(|r| r.matcher.matches(host, path, method))
     }
+}
+
+fn new_store(
+    spec: &StoreSpec,
+    metrics: &Arc<Metrics>,
+    clock: &Arc<dyn Clock>,
+) -> Result<Arc<dyn SessionStore>, String> {
+    let inner: Arc<dyn SessionStore> = match spec {
+        StoreSpec::Memory => Arc::new(MemoryStore::with_clock(clock.clone())),
+        StoreSpec::Redis {
+            url,
+            key_prefix,
+            connect_timeout,
+            response_timeout,
+        } => Arc::new(RedisStore::new(RedisStoreConfig {
+            url: url.expose().to_string(),
+            key_prefix: key_prefix.clone(),
+            connect_timeout: *connect_timeout,
+            response_timeout: *response_timeout,
+        })?),
+    };
+    Ok(Arc::new(Metered::new(inner, metrics.clone())))
 }
 
 /// Why a reload did not happen.
@@ -111,6 +201,7 @@ impl std::fmt::Display for ReloadError {
 pub struct Gateway {
     current: ArcSwap<Runtime>,
     pub metrics: Arc<Metrics>,
+    pub clock: Arc<dyn Clock>,
     config_path: PathBuf,
     generation: AtomicU64,
     /// Serialises reloads (SIGHUP and the file watcher may race).
@@ -121,11 +212,13 @@ impl Gateway {
     /// Builds the first runtime from an already loaded configuration.
     pub fn new(cfg: GatewayConfig, metrics: Arc<Metrics>) -> Result<Gateway, String> {
         let path = cfg.source.clone();
-        let rt = Runtime::build(cfg, None, &metrics, 1)?;
+        let clock: Arc<dyn Clock> = Arc::new(crate::clock::SystemClock);
+        let rt = Runtime::build(cfg, None, &metrics, &clock, 1)?;
         metrics.config_reload(true);
         Ok(Gateway {
             current: ArcSwap::from_pointee(rt),
             metrics,
+            clock,
             config_path: path,
             generation: AtomicU64::new(1),
             reload_lock: std::sync::Mutex::new(()),
@@ -182,8 +275,13 @@ impl Gateway {
             )));
         }
         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
-        let rt = Runtime::build(cfg, Some(&old), &self.metrics, generation)
+        let rt = Runtime::build(cfg, Some(&old), &self.metrics, &self.clock, generation)
             .map_err(ReloadError::Build)?;
+        for id in old.providers.keys() {
+            if !rt.providers.contains_key(id) {
+                self.metrics.forget_provider(id);
+            }
+        }
         for r in &old.routes {
             if !rt.routes.iter().any(|n| n.name == r.name) {
                 self.metrics.forget_route(&r.name);

@@ -1,5 +1,6 @@
-//! Background work of a running gateway: upstream health checks, reload on `SIGHUP`,
-//! and (when `watch_config` is on) reload when a config file changes.
+//! Background work of a running gateway: upstream health checks, provider discovery
+//! and key refresh, reload on `SIGHUP`, and (when `watch_config` is on) reload when a
+//! config file changes.
 
 use crate::config::FileStamps;
 use crate::runtime::Gateway;
@@ -23,6 +24,7 @@ pub struct GatewayTasks {
 impl BackgroundService for GatewayTasks {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         spawn_sighup_reloader(self.gateway.clone());
+        spawn_provider_refresher(self.gateway.clone());
         let mut last_check: HashMap<String, Instant> = HashMap::new();
         let mut failed: Option<FileStamps> = None;
         let mut last_watch = Instant::now();
@@ -74,6 +76,27 @@ impl BackgroundService for GatewayTasks {
             }
         }
     }
+}
+
+/// Keeps every provider's discovery metadata and keys fresh, each on its own task so
+/// that a slow provider delays no other (and no health check).
+fn spawn_provider_refresher(gateway: Arc<Gateway>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut running: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
+        loop {
+            tick.tick().await;
+            let rt = gateway.snapshot();
+            running.retain(|_, h| !h.is_finished());
+            for (id, p) in &rt.providers {
+                if running.contains_key(id) {
+                    continue;
+                }
+                let p = p.clone();
+                running.insert(id.clone(), tokio::spawn(async move { p.refresh().await }));
+            }
+        }
+    });
 }
 
 /// Reloads on every `SIGHUP`. Installing the handler also stops `SIGHUP` from killing the

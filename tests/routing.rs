@@ -20,7 +20,9 @@ fn runtime(policies: &[(&str, &str)]) -> Runtime {
         std::fs::write(dir.path().join("policies").join(name), text).unwrap();
     }
     let cfg = config::load(&dir.path().join("gateway.yaml")).unwrap_or_else(|e| panic!("{e}"));
-    Runtime::build(cfg, None, &Metrics::new(), 1).unwrap()
+    let clock: std::sync::Arc<dyn portcullis::clock::Clock> =
+        std::sync::Arc::new(portcullis::clock::SystemClock);
+    Runtime::build(cfg, None, &std::sync::Arc::new(Metrics::new()), &clock, 1).unwrap()
 }
 
 fn route<'a>(rt: &'a Runtime, host: &str, path: &str, method: Method) -> Option<&'a str> {

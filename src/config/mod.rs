@@ -5,12 +5,18 @@
 //! Turning a `GatewayConfig` into the live runtime (upstream pools, metric handles) is the
 //! job of `crate::runtime`.
 
+mod auth;
 mod error;
 pub mod node;
 mod raw;
 mod secret;
 
+pub use auth::{
+    is_loopback_host, placeholders, AssertionSpec, BearerSpec, ClientSpec, MinAcr, ProviderSpec,
+    Requirements, RouteAuth, SessionSpec, StoreSpec, ASYMMETRIC, BUILTIN_PLACEHOLDERS,
+};
 pub use error::{ConfigError, ConfigErrors, Diagnostics};
+pub use raw::ClaimValue;
 pub use secret::{Secret, SecretRef};
 
 use crate::headers::HeaderHygiene;
@@ -44,6 +50,9 @@ pub struct GatewayConfig {
     /// file watcher can tell when anything changed since this load.
     pub stamps: FileStamps,
     pub routes: Vec<RouteSpec>,
+    pub session: SessionSpec,
+    pub providers: Vec<ProviderSpec>,
+    pub assertion: AssertionSpec,
     pub warnings: Vec<ConfigError>,
 }
 
@@ -111,6 +120,12 @@ pub enum AuthMode {
     Public,
     /// Nobody: 403.
     Deny,
+    /// A browser session from one of the route's providers.
+    Login,
+    /// A JWT access token from one of the route's issuers.
+    Bearer,
+    /// A bearer token when the request carries one, else a session.
+    LoginOrBearer,
 }
 
 impl AuthMode {
@@ -118,6 +133,9 @@ impl AuthMode {
         match self {
             AuthMode::Public => "public",
             AuthMode::Deny => "deny",
+            AuthMode::Login => "login",
+            AuthMode::Bearer => "bearer",
+            AuthMode::LoginOrBearer => "login_or_bearer",
         }
     }
 }
@@ -131,6 +149,8 @@ pub struct RouteSpec {
     pub matcher: RouteMatcher,
     pub auth: AuthMode,
     pub upstream: Option<String>,
+    /// Identity requirements and headers (empty for public and deny routes).
+    pub identity: RouteAuth,
 }
 
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -153,6 +173,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "policies",
     "session",
     "providers",
+    "assertion",
     "populations",
     "rate_limits",
     "risk",
@@ -328,8 +349,6 @@ impl<'a> Builder<'a> {
         self.top_level_keys();
 
         for (key, feature) in [
-            ("session", "sessions"),
-            ("providers", "identity providers"),
             ("populations", "populations"),
             ("rate_limits", "rate limits"),
             ("risk", "risk scoring"),
@@ -368,7 +387,18 @@ impl<'a> Builder<'a> {
             },
         };
         let upstreams = self.upstreams(base);
-        let hygiene = self.hygiene();
+        let strip_extra = self.strip_headers();
+        let providers = self.providers(base);
+        let session = self.session(base, public_url.as_ref());
+        let assertion = self.assertion(base);
+        if let Some(u) = &public_url {
+            if !providers.is_empty() && !u.https && !is_loopback_host(&u.host) {
+                self.err(
+                    "public_url",
+                    "sessions need https: plain http is allowed only on a loopback host (development)",
+                );
+            }
+        }
         let case_insensitive_paths = self.flag("case_insensitive_paths");
         let watch_config = self.flag("watch_config");
 
@@ -385,10 +415,18 @@ impl<'a> Builder<'a> {
             &self.file,
             root.locate("policies"),
             &upstreams,
+            &providers,
             case_insensitive_paths,
             &mut stamps,
             self.d,
         );
+        // Every header a route injects is stripped from every request, on every route: a
+        // spoofed X-User must not reach an app through a public route either.
+        let mut stripped = strip_extra;
+        for r in &routes {
+            stripped.extend(r.identity.headers.iter().map(|(n, _)| n.clone()));
+        }
+        let hygiene = HeaderHygiene::new(&stripped);
         for p in ignored_policy_entries(&policy_source) {
             self.warn(
                 "policies",
@@ -419,6 +457,9 @@ impl<'a> Builder<'a> {
             policy_source,
             stamps,
             routes,
+            session,
+            providers,
+            assertion,
             warnings: Vec::new(),
         })
     }
@@ -734,7 +775,7 @@ impl<'a> Builder<'a> {
         })
     }
 
-    fn hygiene(&mut self) -> HeaderHygiene {
+    fn strip_headers(&mut self) -> Vec<String> {
         let mut extra = Vec::new();
         if let Some(n) = self.root.get("strip_headers") {
             let raw: Vec<String> = self.decode(n, "strip_headers").unwrap_or_default();
@@ -749,7 +790,7 @@ impl<'a> Builder<'a> {
                 }
             }
         }
-        HeaderHygiene::new(&extra)
+        extra
     }
 }
 
@@ -908,11 +949,13 @@ impl GatewayConfig {
 
 /// Reads every `*.yaml`/`*.yml` in `dir` (or the single file `dir`) in name order and
 /// validates the routes, in that order.
+#[allow(clippy::too_many_arguments)] // each is a distinct input of the one policy pass
 fn load_policies(
     dir: &Path,
     gateway_file: &Path,
     policies_pos: Option<Pos>,
     upstreams: &BTreeMap<String, UpstreamSpec>,
+    providers: &[ProviderSpec],
     case_insensitive: bool,
     stamps: &mut FileStamps,
     d: &mut Diagnostics,
@@ -947,7 +990,7 @@ fn load_policies(
             root: &root,
             d,
         };
-        b.policy_file(upstreams, case_insensitive, &mut routes);
+        b.policy_file(upstreams, providers, case_insensitive, &mut routes);
     }
     routes
 }
@@ -956,6 +999,7 @@ impl Builder<'_> {
     fn policy_file(
         &mut self,
         upstreams: &BTreeMap<String, UpstreamSpec>,
+        providers: &[ProviderSpec],
         case_insensitive: bool,
         routes: &mut Vec<RouteSpec>,
     ) {
@@ -976,7 +1020,9 @@ impl Builder<'_> {
             let Some(raw) = self.decode::<RawRoute>(rnode, &path) else {
                 continue;
             };
-            if let Some(spec) = self.route(raw, &path, rnode, upstreams, case_insensitive) {
+            if let Some(spec) =
+                self.route(raw, &path, rnode, upstreams, providers, case_insensitive)
+            {
                 if let Some(prev) = routes.iter().find(|r| r.name == spec.name) {
                     self.err(
                         &format!("{path}.name"),
@@ -1029,6 +1075,7 @@ impl Builder<'_> {
         path: &str,
         rnode: &Node,
         upstreams: &BTreeMap<String, UpstreamSpec>,
+        providers: &[ProviderSpec],
         case_insensitive: bool,
     ) -> Option<RouteSpec> {
         let before = self.d.errors.len();
@@ -1040,15 +1087,16 @@ impl Builder<'_> {
             upstream: raw_upstream,
             auth: raw_auth,
             require,
+            headers,
+            assertion,
+            bearer,
+            providers: route_providers,
+            api,
             step_up,
             deny_when_risk_at_least,
             rate_limits,
-            headers,
             journey,
-            bearer,
-            providers,
             population,
-            api,
         } = raw;
         if !valid_name(&name) {
             self.err(
@@ -1061,30 +1109,29 @@ impl Builder<'_> {
         let auth = match raw_auth {
             RawAuth::Public => AuthMode::Public,
             RawAuth::Deny => AuthMode::Deny,
-            other => {
-                let name = match other {
-                    RawAuth::Login => "login",
-                    RawAuth::Bearer => "bearer",
-                    _ => "login_or_bearer",
-                };
-                self.err(
-                    &format!("{path}.auth"),
-                    format!("auth mode `{name}` is not available in this version yet (use public or deny)"),
-                );
-                AuthMode::Deny
-            }
+            RawAuth::Login => AuthMode::Login,
+            RawAuth::Bearer => AuthMode::Bearer,
+            RawAuth::LoginOrBearer => AuthMode::LoginOrBearer,
         };
+        let identity = self.route_auth(
+            auth,
+            auth::RouteAuthInput {
+                require,
+                headers,
+                assertion,
+                bearer,
+                providers: route_providers,
+                api,
+            },
+            path,
+            providers,
+        );
         for (present, key) in [
-            (require.is_some(), "require"),
             (step_up.is_some(), "step_up"),
             (deny_when_risk_at_least.is_some(), "deny_when_risk_at_least"),
             (rate_limits.is_some(), "rate_limits"),
-            (headers.is_some(), "headers"),
             (journey.is_some(), "journey"),
-            (bearer.is_some(), "bearer"),
-            (providers.is_some(), "providers"),
             (population.is_some(), "population"),
-            (api.is_some(), "api"),
         ] {
             if present {
                 self.err(
@@ -1132,6 +1179,7 @@ impl Builder<'_> {
             matcher: matcher?,
             auth,
             upstream,
+            identity,
         })
     }
 

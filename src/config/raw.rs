@@ -5,6 +5,7 @@
 use super::secret::SecretRef;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
+use std::collections::BTreeMap;
 
 #[derive(Deserialize, Debug, Clone)]
 #[serde(deny_unknown_fields)]
@@ -93,9 +94,23 @@ pub struct RawRoute {
     #[serde(default)]
     pub upstream: Option<String>,
     pub auth: RawAuth,
-    /// Reserved for later features; present means "not available yet" (see build).
     #[serde(default)]
-    pub require: Option<IgnoredAny>,
+    pub require: Option<RawRequire>,
+    /// Identity headers: header name → template such as `"{email}"`.
+    #[serde(default)]
+    pub headers: Option<BTreeMap<String, String>>,
+    /// Send a signed identity assertion header.
+    #[serde(default)]
+    pub assertion: Option<bool>,
+    #[serde(default)]
+    pub bearer: Option<RawBearer>,
+    /// Providers whose sessions satisfy the route; the first is where login goes.
+    #[serde(default)]
+    pub providers: Option<Vec<String>>,
+    /// An API route: unauthenticated requests get 401, never a redirect to login.
+    #[serde(default)]
+    pub api: Option<bool>,
+    /// Reserved for later features; present means "not available yet" (see build).
     #[serde(default)]
     pub step_up: Option<IgnoredAny>,
     #[serde(default)]
@@ -103,17 +118,138 @@ pub struct RawRoute {
     #[serde(default)]
     pub rate_limits: Option<IgnoredAny>,
     #[serde(default)]
-    pub headers: Option<IgnoredAny>,
-    #[serde(default)]
     pub journey: Option<IgnoredAny>,
     #[serde(default)]
-    pub bearer: Option<IgnoredAny>,
-    #[serde(default)]
-    pub providers: Option<IgnoredAny>,
-    #[serde(default)]
     pub population: Option<IgnoredAny>,
+}
+
+/// `require:` on a route.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawRequire {
     #[serde(default)]
-    pub api: Option<IgnoredAny>,
+    pub groups_any: Vec<String>,
+    #[serde(default)]
+    pub groups_all: Vec<String>,
+    /// Claim name → the value it must have (a string, number or boolean).
+    #[serde(default)]
+    pub claims: BTreeMap<String, ClaimValue>,
+    #[serde(default)]
+    pub email_verified: Option<bool>,
+    /// The email address must be in one of these domains.
+    #[serde(default)]
+    pub email_domain: Option<OneOrMany>,
+    /// Minimum `acr` level, by name from the provider's `acr_levels`.
+    #[serde(default)]
+    pub acr: Option<String>,
+}
+
+/// A claim value to compare with.
+#[derive(Deserialize, Debug, Clone, PartialEq)]
+#[serde(untagged)]
+pub enum ClaimValue {
+    Bool(bool),
+    Int(i64),
+    Str(String),
+}
+
+/// `bearer:` on a route.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct RawBearer {
+    /// Provider ids whose access tokens are accepted.
+    pub issuers: Vec<String>,
+    /// The `aud` the token must carry.
+    pub audience: String,
+    /// Require the JWT access-token type `at+jwt` (RFC 9068).
+    #[serde(default)]
+    pub require_at_jwt: bool,
+}
+
+/// `session:` in gateway.yaml.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawSession {
+    #[serde(default)]
+    pub store: Option<RawStore>,
+    #[serde(default)]
+    pub cookie_name: Option<String>,
+    #[serde(default)]
+    pub idle_timeout: Option<String>,
+    #[serde(default)]
+    pub absolute_timeout: Option<String>,
+    /// How long a started login may take before its state expires.
+    #[serde(default)]
+    pub login_timeout: Option<String>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum RawStore {
+    Memory,
+    Redis {
+        url: StringOrSecret,
+        #[serde(default)]
+        key_prefix: Option<String>,
+        #[serde(default)]
+        connect_timeout: Option<String>,
+        #[serde(default)]
+        response_timeout: Option<String>,
+    },
+}
+
+/// A value that may be written inline or, when it holds a password, by reference.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(untagged)]
+pub enum StringOrSecret {
+    Plain(String),
+    Secret(SecretRef),
+}
+
+/// One entry of `providers:`.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct RawProvider {
+    pub id: String,
+    pub issuer: String,
+    #[serde(default)]
+    pub client_id: Option<String>,
+    #[serde(default)]
+    pub client_secret: Option<SecretRef>,
+    #[serde(default)]
+    pub scopes: Option<Vec<String>>,
+    /// Extra authorization request parameters (`prompt`, `ui_locales`, ...).
+    #[serde(default)]
+    pub auth_params: BTreeMap<String, String>,
+    /// Claim names as Portcullis uses them → the provider's claim names.
+    #[serde(default)]
+    pub claims: BTreeMap<String, String>,
+    /// Named assurance levels, lowest first: `{ name: acr-value }`. Decoded from the
+    /// node so that their order is kept.
+    #[serde(default)]
+    #[allow(dead_code)]
+    pub acr_levels: Option<IgnoredAny>,
+    /// Fetch UserInfo after login and merge its claims.
+    #[serde(default)]
+    pub userinfo: bool,
+    /// Signing algorithms accepted from this provider (default: what it advertises,
+    /// asymmetric only).
+    #[serde(default)]
+    pub algorithms: Option<Vec<String>>,
+    /// Reserved for home-realm discovery.
+    #[serde(default)]
+    pub domains: Option<IgnoredAny>,
+}
+
+/// `assertion:` in gateway.yaml: the key identity assertions are signed with.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawAssertion {
+    /// PKCS#8 PEM of a P-256 key; without it a key is generated at start.
+    #[serde(default)]
+    pub signing_key: Option<SecretRef>,
+    #[serde(default)]
+    pub ttl: Option<String>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -153,10 +289,10 @@ impl OneOrMany {
 pub enum RawAuth {
     Public,
     Deny,
-    /// Reserved: browser login through an OpenID provider.
+    /// Browser login through an OpenID provider.
     Login,
-    /// Reserved: JWT bearer access tokens.
+    /// JWT bearer access tokens.
     Bearer,
-    /// Reserved: either of the above.
+    /// A bearer token when one is sent, else a browser session.
     LoginOrBearer,
 }

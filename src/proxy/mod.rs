@@ -4,11 +4,14 @@
 //! ```text
 //! new_ctx                  take one snapshot of the runtime for this request
 //! early_request_filter     request id, client address, normalise target and host, match route
-//! request_filter           refuse what could not be normalised (400), no route (404),
-//!                          policy decision (403); otherwise go on
+//! request_filter           refuse what could not be normalised (400); serve the
+//!                          gateway's endpoints (/.portcullis/...); no route (404);
+//!                          authenticate (session or bearer token) and decide: login
+//!                          (302 or 401), 401, 403 or 503; otherwise go on
 //! upstream_peer            choose a healthy target of the route's upstream
-//! upstream_request_filter  strip identity headers, set forwarding headers and request id,
-//!                          forward exactly the normalised target
+//! upstream_request_filter  strip identity headers and our cookies, inject the verified
+//!                          identity, set forwarding headers and request id, forward
+//!                          exactly the normalised target
 //! response_filter          request id on every response
 //! fail_to_proxy            the one place errors become responses (502, 504, ...)
 //! logging                  metrics
@@ -25,7 +28,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-pub use stages::{check_method, route_request, RequestTarget, Routed};
+pub use stages::{
+    check_method, route_request, send_error_with, write_response, RequestTarget, Routed,
+};
 
 /// Per-request state, created by `new_ctx`.
 pub struct RequestCtx {
@@ -47,6 +52,10 @@ pub struct RequestCtx {
     pub rejected: Option<&'static str>,
     /// The status we answered ourselves, when we did.
     pub responded: Option<u16>,
+    /// Who the request is from, on protected routes that let it through.
+    pub identity: Option<crate::auth::Authenticated>,
+    /// The request was for one of the gateway's own endpoints.
+    pub endpoint: bool,
 }
 
 /// The gateway's proxy logic.
@@ -71,6 +80,8 @@ impl ProxyHttp for PortcullisProxy {
             route: None,
             rejected: None,
             responded: None,
+            identity: None,
+            endpoint: false,
         }
     }
 

@@ -3,13 +3,16 @@
 use super::RequestCtx;
 use crate::headers;
 use crate::metrics::Metrics;
-use crate::policy::{self, Decision};
+use crate::policy::Decision;
 use crate::responses;
 use crate::routing::normalize_host;
 use crate::routing::path::{normalize_target, NormalizedTarget};
 use crate::runtime::Runtime;
+use crate::{auth, cookies, endpoints};
+use bytes::Bytes;
 use http::header;
 use pingora::http::RequestHeader;
+use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, Session};
 
@@ -204,8 +207,9 @@ fn resolve_host<'a>(
     }
 }
 
-/// Answers requests that end here: unparseable (400), unrouted (404), denied (403).
-/// Returns `Ok(true)` when a response was sent.
+/// Answers requests that end here: unparseable (400), the gateway's endpoints, unrouted
+/// (404), and whatever the route's policy refuses. Returns `Ok(true)` when a response
+/// was sent.
 pub async fn refuse_or_pass(
     session: &mut Session,
     ctx: &mut RequestCtx,
@@ -216,16 +220,104 @@ pub async fn refuse_or_pass(
         send_error(session, ctx, 400, reason).await?;
         return Ok(true);
     }
+    if let Some((path, query)) = endpoint_target(ctx) {
+        ctx.endpoint = true;
+        let outcome = endpoints::serve(session, ctx, &path, &query).await;
+        endpoints::send(session, ctx, outcome).await?;
+        return Ok(true);
+    }
     let Some(idx) = ctx.route else {
         send_error(session, ctx, 404, "no-route").await?;
         return Ok(true);
     };
-    let route = &ctx.rt.routes[idx];
-    match policy::decide(route.auth) {
-        Decision::Allow => Ok(false),
-        Decision::Deny { reason } => {
-            send_error(session, ctx, 403, reason).await?;
-            Ok(true)
+    let rt = ctx.rt.clone();
+    let route = &rt.routes[idx];
+    let (decision, identity) = auth::authorize(&rt, route, &session.req_header().headers).await;
+    if decision == Decision::Allow {
+        ctx.identity = identity;
+        return Ok(false);
+    }
+    if let Some(reason) = decision.reason() {
+        if route.auth != crate::config::AuthMode::Deny {
+            metrics.auth_refused(&route.name, reason);
+        }
+    }
+    answer(session, ctx, route, decision).await?;
+    Ok(true)
+}
+
+/// The path and query of a request for one of our endpoints.
+fn endpoint_target(ctx: &RequestCtx) -> Option<(String, String)> {
+    let t = ctx.target.as_ref()?;
+    let path = t.normalized.match_path();
+    if !path.starts_with(endpoints::PREFIX) {
+        return None;
+    }
+    let full = t.normalized.forward_target();
+    let query = full.split_once('?').map_or("", |(_, q)| q).to_string();
+    Some((path.into_owned(), query))
+}
+
+/// The one place a refusing decision becomes a response. In order of precedence the
+/// decision was reached by `auth::authorize`: route denies, identity missing or
+/// invalid, dependency down, requirement unmet.
+async fn answer(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    route: &crate::runtime::Route,
+    decision: Decision,
+) -> Result<()> {
+    match decision {
+        Decision::Allow => Ok(()),
+        Decision::Deny { reason } => send_error(session, ctx, 403, reason).await,
+        Decision::Unavailable { reason } => send_error(session, ctx, 503, reason).await,
+        Decision::Login { reason } => {
+            let req = session.req_header();
+            if route.identity.api || !auth::is_navigation(&req.method, &req.headers) {
+                let challenge = format!(
+                    "Portcullis realm=\"{}\", login_url=\"{}{}login\"",
+                    ctx.rt.public_url.origin,
+                    ctx.rt.public_url.origin,
+                    endpoints::PREFIX
+                );
+                return send_error_with_headers(
+                    session,
+                    ctx,
+                    401,
+                    reason,
+                    &[(header::WWW_AUTHENTICATE, challenge)],
+                )
+                .await;
+            }
+            let return_to = ctx
+                .target
+                .as_ref()
+                .map(|t| t.normalized.forward_target())
+                .unwrap_or_else(|| "/".into());
+            let provider = route.identity.providers.first().map(String::as_str);
+            let location = endpoints::login_url(&ctx.rt, provider, &return_to);
+            let mut h = ResponseHeader::build(302, Some(6))?;
+            h.insert_header(header::LOCATION, location)?;
+            h.insert_header(header::CONTENT_LENGTH, "0")?;
+            h.insert_header(header::CACHE_CONTROL, "no-store")?;
+            h.insert_header(crate::headers::X_REQUEST_ID, ctx.request_id.as_str())?;
+            write_response(session, ctx, h, Bytes::new()).await
+        }
+        Decision::Unauthorized { reason, error } => {
+            // RFC 6750 §3: a challenge naming the realm, plus the error when a token was
+            // presented and found wanting.
+            let mut challenge = format!("Bearer realm=\"{}\"", ctx.rt.public_url.origin);
+            if let Some(e) = error {
+                challenge.push_str(&format!(", error=\"{e}\", error_description=\"{reason}\""));
+            }
+            send_error_with_headers(
+                session,
+                ctx,
+                401,
+                reason,
+                &[(header::WWW_AUTHENTICATE, challenge)],
+            )
+            .await
         }
     }
 }
@@ -237,8 +329,47 @@ pub async fn send_error(
     status: u16,
     reason: &str,
 ) -> Result<()> {
+    send_error_with_headers(session, ctx, status, reason, &[]).await
+}
+
+/// An error page that also sets (or clears) cookies.
+pub async fn send_error_with(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    status: u16,
+    reason: &str,
+    set_cookies: &[String],
+) -> Result<()> {
+    let headers: Vec<(http::HeaderName, String)> = set_cookies
+        .iter()
+        .map(|c| (header::SET_COOKIE, c.clone()))
+        .collect();
+    send_error_with_headers(session, ctx, status, reason, &headers).await
+}
+
+async fn send_error_with_headers(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    status: u16,
+    reason: &str,
+    extra: &[(http::HeaderName, String)],
+) -> Result<()> {
     let json = responses::wants_json(session.req_header().headers.get(header::ACCEPT));
-    let (h, body) = responses::error_response(status, reason, &ctx.request_id, json)?;
+    let (mut h, body) = responses::error_response(status, reason, &ctx.request_id, json)?;
+    for (n, v) in extra {
+        h.append_header(n.clone(), v.as_str())?;
+    }
+    write_response(session, ctx, h, body).await
+}
+
+/// Writes a complete response of our own (header and body) and records its status.
+pub async fn write_response(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    h: ResponseHeader,
+    body: Bytes,
+) -> Result<()> {
+    let status = h.status.as_u16();
     ctx.responded = Some(status);
     // Keep the connection only for benign refusals of body-less requests: after a 400 the
     // stream may be out of step, and an unread body would have to be drained first.
@@ -280,6 +411,11 @@ pub fn prepare_upstream_request(
     ctx: &RequestCtx,
 ) -> Result<()> {
     ctx.rt.hygiene.strip(up);
+    let spec = &ctx.rt.config.session;
+    cookies::strip_ours(up, [&spec.cookie_name, &spec.login_cookie_name]);
+    if let (Some(a), Some(idx)) = (&ctx.identity, ctx.route) {
+        inject_identity(up, ctx, &ctx.rt.routes[idx], &a.identity)?;
+    }
     let authority = ctx.target.as_ref().and_then(|t| t.authority.as_deref());
     let host = match authority {
         Some(a) => http::HeaderValue::from_str(a).ok(),
@@ -297,6 +433,31 @@ pub fn prepare_upstream_request(
         if let (Some(_), Some(h)) = (authority, host) {
             up.insert_header(header::HOST, h)?;
         }
+    }
+    Ok(())
+}
+
+/// The verified identity, after stripping: the route's headers and, when asked for, a
+/// signed assertion.
+fn inject_identity(
+    up: &mut RequestHeader,
+    ctx: &RequestCtx,
+    route: &crate::runtime::Route,
+    id: &crate::session::Session,
+) -> Result<()> {
+    for (name, template) in &route.headers {
+        if let Some(v) = template.render(id) {
+            up.insert_header(name.clone(), v)?;
+        }
+    }
+    if route.identity.assertion {
+        let now = ctx.rt.clock.now_ms() / 1000;
+        let jwt = ctx
+            .rt
+            .signer
+            .sign(id, &ctx.rt.public_url.origin, &route.name, now)
+            .ok_or_else(|| Error::explain(InternalError, "cannot sign the identity assertion"))?;
+        up.insert_header(crate::identity_headers::ASSERTION_HEADER, jwt)?;
     }
     Ok(())
 }
@@ -380,6 +541,7 @@ pub fn record(session: &Session, ctx: &RequestCtx) {
         .unwrap_or_else(|| session.response_written().map_or(0, |r| r.status.as_u16()));
     let elapsed = ctx.started.elapsed().as_secs_f64();
     let metrics = match ctx.route {
+        _ if ctx.endpoint => &ctx.rt.endpoints,
         Some(i) => &ctx.rt.routes[i].metrics,
         None => &ctx.rt.unmatched,
     };

@@ -14,10 +14,12 @@
 pub mod keys;
 mod manager;
 mod memory;
+mod metered;
 mod redis_store;
 mod store;
 
 pub use manager::{user_key, Ended, Session, SessionId, SessionManager, SessionTimeouts};
 pub use memory::MemoryStore;
+pub use metered::Metered;
 pub use redis_store::{RedisStore, RedisStoreConfig};
 pub use store::{SessionStore, StoreError};

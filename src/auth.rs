@@ -1,0 +1,198 @@
+//! Authentication in the request path: who is this request from? A session (found by
+//! the cookie's id in the store) or a bearer token (checked against the route's
+//! issuers). The answer, with the route's `require:`, is a [`Decision`].
+
+use crate::config::AuthMode;
+use crate::cookies;
+use crate::oidc::{flow, token, Provider};
+use crate::policy::{self, Decision};
+use crate::runtime::{Route, Runtime};
+use crate::session::{Session, SessionId};
+use http::HeaderMap;
+use serde_json::Value;
+
+/// Who the request is from, once authenticated.
+pub struct Authenticated {
+    pub identity: Session,
+    /// The session's id, when the identity came from a session.
+    pub session_id: Option<SessionId>,
+}
+
+/// Decides a request to `route`. Only routes that need an identity reach the store or
+/// check a token.
+pub async fn authorize(
+    rt: &Runtime,
+    route: &Route,
+    headers: &HeaderMap,
+) -> (Decision, Option<Authenticated>) {
+    if let Some(d) = policy::decide(route.auth) {
+        return (d, None);
+    }
+    let bearer = matches!(route.auth, AuthMode::Bearer)
+        || (route.auth == AuthMode::LoginOrBearer
+            && headers.contains_key(http::header::AUTHORIZATION));
+    let found = if bearer {
+        from_bearer(rt, route, headers).await
+    } else {
+        from_session(rt, route, headers).await
+    };
+    match found {
+        Err(d) => (d, None),
+        Ok(a) => (policy::check(&route.identity.require, &a.identity), Some(a)),
+    }
+}
+
+/// The live session named by the request's cookie.
+pub async fn session_of(rt: &Runtime, headers: &HeaderMap) -> Result<Authenticated, Decision> {
+    let cookie = cookies::find(headers, &rt.config.session.cookie_name).ok_or(Decision::Login {
+        reason: "user-unauthenticated",
+    })?;
+    let id = SessionId::parse(cookie).ok_or(Decision::Login {
+        reason: "session-unknown",
+    })?;
+    match rt.sessions.load(&id).await {
+        Err(e) => {
+            log::warn!("session lookup failed: {e}");
+            Err(Decision::Unavailable {
+                reason: "session-store-unavailable",
+            })
+        }
+        Ok(Err(ended)) => Err(Decision::Login {
+            reason: ended.reason(),
+        }),
+        Ok(Ok(identity)) => Ok(Authenticated {
+            identity,
+            session_id: Some(id),
+        }),
+    }
+}
+
+async fn from_session(
+    rt: &Runtime,
+    route: &Route,
+    headers: &HeaderMap,
+) -> Result<Authenticated, Decision> {
+    let a = session_of(rt, headers).await?;
+    // A session from a provider the route does not accept is no login for it.
+    if !route.identity.providers.contains(&a.identity.provider) {
+        return Err(Decision::Login {
+            reason: "provider-not-accepted",
+        });
+    }
+    Ok(a)
+}
+
+async fn from_bearer(
+    rt: &Runtime,
+    route: &Route,
+    headers: &HeaderMap,
+) -> Result<Authenticated, Decision> {
+    let unauthorized = |reason, error| Decision::Unauthorized { reason, error };
+    let Some(rules) = &route.identity.bearer else {
+        return Err(Decision::Deny {
+            reason: "route-denied",
+        });
+    };
+    let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
+    let raw = match (values.next(), values.next()) {
+        (None, _) => return Err(unauthorized("token-missing", None)),
+        (Some(_), Some(_)) => return Err(unauthorized("token-malformed", Some("invalid_request"))),
+        (Some(v), None) => v,
+    };
+    let token = raw
+        .to_str()
+        .ok()
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim())
+        .filter(|t| !t.is_empty() && t.len() <= 16 * 1024)
+        .ok_or(unauthorized("token-malformed", Some("invalid_request")))?;
+    let issuers: Vec<&Provider> = route
+        .identity
+        .providers
+        .iter()
+        .filter_map(|p| rt.providers.get(p).map(|p| p.as_ref()))
+        .collect();
+    let now_s = rt.clock.now_ms() / 1000;
+    let token_rules = token::AccessTokenRules {
+        audience: &rules.audience,
+        require_at_jwt: rules.require_at_jwt,
+    };
+    let (provider, claims) = token::validate_access_token(&issuers, token, &token_rules, now_s)
+        .await
+        .map_err(|reason| match reason {
+            "provider-unavailable" => Decision::Unavailable { reason },
+            _ => unauthorized(reason, Some("invalid_token")),
+        })?;
+    let identity = Session {
+        provider: provider.id().to_string(),
+        issuer: provider.spec.issuer.clone(),
+        subject: claims
+            .get("sub")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
+        claims: flow::map_claims(provider, &claims),
+        acr: claims
+            .get("acr")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        amr: claims
+            .get("amr")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        auth_time: claims.get("auth_time").and_then(Value::as_u64),
+        created_ms: 0,
+        last_seen_ms: 0,
+        client_ip: None,
+        user_agent: None,
+    };
+    Ok(Authenticated {
+        identity,
+        session_id: None,
+    })
+}
+
+/// True for a request a browser makes when the user navigates (so a redirect to the
+/// login page makes sense); scripts and API clients get 401 instead.
+pub fn is_navigation(method: &http::Method, headers: &HeaderMap) -> bool {
+    if !(method == http::Method::GET || method == http::Method::HEAD) {
+        return false;
+    }
+    if headers.contains_key("x-requested-with") {
+        return false;
+    }
+    if let Some(mode) = headers.get("sec-fetch-mode") {
+        if mode.as_bytes() != b"navigate" {
+            return false;
+        }
+    }
+    !crate::responses::wants_json(headers.get(http::header::ACCEPT))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn navigations_are_told_from_scripts_and_apis() {
+        let mut h = HeaderMap::new();
+        assert!(is_navigation(&http::Method::GET, &h));
+        assert!(!is_navigation(&http::Method::POST, &h));
+        h.insert("accept", "application/json".parse().unwrap());
+        assert!(!is_navigation(&http::Method::GET, &h));
+        let mut h = HeaderMap::new();
+        h.insert("x-requested-with", "XMLHttpRequest".parse().unwrap());
+        assert!(!is_navigation(&http::Method::GET, &h));
+        let mut h = HeaderMap::new();
+        h.insert("sec-fetch-mode", "cors".parse().unwrap());
+        assert!(!is_navigation(&http::Method::GET, &h));
+        h.insert("sec-fetch-mode", "navigate".parse().unwrap());
+        assert!(is_navigation(&http::Method::GET, &h));
+    }
+}

@@ -1,0 +1,72 @@
+//! A store wrapper that records every operation's outcome in the metrics, so "the store
+//! is down" is a metric and not only a log line.
+
+use super::store::{SessionStore, StoreError};
+use crate::metrics::Metrics;
+use async_trait::async_trait;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub struct Metered {
+    inner: Arc<dyn SessionStore>,
+    metrics: Arc<Metrics>,
+}
+
+impl Metered {
+    pub fn new(inner: Arc<dyn SessionStore>, metrics: Arc<Metrics>) -> Metered {
+        Metered { inner, metrics }
+    }
+
+    fn note<T>(&self, op: &'static str, r: Result<T, StoreError>) -> Result<T, StoreError> {
+        self.metrics
+            .store_result(op, !matches!(r, Err(StoreError::Unavailable(_))));
+        r
+    }
+}
+
+#[async_trait]
+impl SessionStore for Metered {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.note("get", self.inner.get(key).await)
+    }
+    async fn put(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), StoreError> {
+        self.note("put", self.inner.put(key, value, ttl).await)
+    }
+    async fn put_if_absent(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        self.note("put", self.inner.put_if_absent(key, value, ttl).await)
+    }
+    async fn take(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.note("take", self.inner.take(key).await)
+    }
+    async fn delete(&self, key: &str) -> Result<bool, StoreError> {
+        self.note("delete", self.inner.delete(key).await)
+    }
+    async fn delete_if_equals(&self, key: &str, expected: &[u8]) -> Result<bool, StoreError> {
+        self.note("delete", self.inner.delete_if_equals(key, expected).await)
+    }
+    async fn index_add(
+        &self,
+        key: &str,
+        member: &str,
+        expires_at_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.note(
+            "index",
+            self.inner.index_add(key, member, expires_at_ms).await,
+        )
+    }
+    async fn index_remove(&self, key: &str, member: &str) -> Result<(), StoreError> {
+        self.note("index", self.inner.index_remove(key, member).await)
+    }
+    async fn index_members(&self, key: &str, now_ms: u64) -> Result<Vec<String>, StoreError> {
+        self.note("index", self.inner.index_members(key, now_ms).await)
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.note("ping", self.inner.ping().await)
+    }
+}
