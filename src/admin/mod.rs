@@ -50,7 +50,7 @@ impl AdminApp {
         presented.as_bytes().ct_eq(token.expose().as_bytes()).into()
     }
 
-    fn ready(&self) -> Response<Vec<u8>> {
+    async fn ready(&self) -> Response<Vec<u8>> {
         let rt = self.gateway.snapshot();
         let upstreams: serde_json::Map<String, serde_json::Value> = rt
             .upstreams
@@ -65,13 +65,37 @@ impl AdminApp {
                 )
             })
             .collect();
+        // Sessions and providers are reported, not gated on: with the store or a provider
+        // down, public routes still serve, so the instance stays in rotation (protected
+        // routes fail closed by themselves, and the metrics say so).
+        let store_up = rt.store.ping().await.is_ok();
+        let providers: serde_json::Map<String, serde_json::Value> = rt
+            .providers
+            .iter()
+            .map(|(id, p)| {
+                (
+                    id.clone(),
+                    serde_json::json!({
+                        "discovered": p.discovered().is_some(),
+                        "keys": !p.keys.is_empty(),
+                    }),
+                )
+            })
+            .collect();
+        let degraded = !store_up
+            || rt
+                .providers
+                .values()
+                .any(|p| p.discovered().is_none() || p.keys.is_empty());
         json(
             StatusCode::OK,
             serde_json::json!({
-                "status": "ready",
+                "status": if degraded { "degraded" } else { "ready" },
                 "config_generation": rt.generation,
                 "routes": rt.routes.len(),
                 "upstreams": upstreams,
+                "session_store": if store_up { "up" } else { "down" },
+                "providers": providers,
             }),
         )
     }
@@ -107,7 +131,7 @@ impl ServeHttp for AdminApp {
         let path = session.req_header().uri.path().to_string();
         match (method.as_str(), path.as_str()) {
             ("GET" | "HEAD", "/healthz") => reply(StatusCode::OK, "text/plain", b"ok\n".to_vec()),
-            ("GET" | "HEAD", "/readyz") => self.ready(),
+            ("GET" | "HEAD", "/readyz") => self.ready().await,
             (_, "/metrics" | "/reload") if !self.authorised(session) => {
                 let mut r = json(
                     StatusCode::UNAUTHORIZED,

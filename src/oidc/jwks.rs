@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Shortest time between two fetches triggered by unknown key ids.
+/// Shortest time between two fetches triggered by unknown key ids. Counted between such
+/// fetches only, so the first token signed with a newly rotated key is accepted at once
+/// even right after a scheduled fetch.
 pub const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(10);
 
 /// One usable key.
@@ -28,14 +30,15 @@ pub struct Key {
 pub enum KeyError {
     /// No key with the token's `kid` (after a refresh, if one was allowed).
     Unknown,
-    /// No `kid`, and several keys could fit.
+    /// No `kid`, and the set holds several keys.
     Ambiguous,
 }
 
 pub struct Jwks {
     provider: String,
     keys: ArcSwap<Vec<Arc<Key>>>,
-    last_fetch_ms: AtomicU64,
+    /// When a fetch for an unknown `kid` last started (Unix ms; 0: never).
+    last_forced_ms: AtomicU64,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
     fetch_lock: tokio::sync::Mutex<()>,
@@ -46,7 +49,7 @@ impl Jwks {
         Jwks {
             provider: provider.to_string(),
             keys: ArcSwap::from_pointee(Vec::new()),
-            last_fetch_ms: AtomicU64::new(0),
+            last_forced_ms: AtomicU64::new(0),
             clock,
             metrics,
             fetch_lock: tokio::sync::Mutex::new(()),
@@ -68,21 +71,18 @@ impl Jwks {
                 .find(|k| k.kid.as_deref() == Some(kid))
                 .cloned()
                 .ok_or(KeyError::Unknown),
-            None => {
-                let mut candidates = keys.iter().filter(fits);
-                match (candidates.next(), candidates.next()) {
-                    (Some(k), None) => Ok(k.clone()),
-                    (None, _) => Err(KeyError::Unknown),
-                    (Some(_), Some(_)) => Err(KeyError::Ambiguous),
-                }
-            }
+            // Without a `kid` a key is chosen only when the set holds exactly one:
+            // guessing among several would let the token steer the choice.
+            None => match keys.as_slice() {
+                [only] if fits(&only) => Ok(only.clone()),
+                [] | [_] => Err(KeyError::Unknown),
+                _ => Err(KeyError::Ambiguous),
+            },
         }
     }
 
     /// Fetches and replaces the key set.
     pub async fn fetch(&self, http: &reqwest::Client, uri: &str) -> Result<usize, String> {
-        self.last_fetch_ms
-            .store(self.clock.now_ms(), Ordering::Relaxed);
         let result = async {
             let resp = http
                 .get(uri)
@@ -120,14 +120,18 @@ impl Jwks {
         let allowed = |last: u64| {
             self.clock.now_ms().saturating_sub(last) >= MIN_REFRESH_INTERVAL.as_millis() as u64
         };
-        if !allowed(self.last_fetch_ms.load(Ordering::Relaxed)) {
+        let last = self.last_forced_ms.load(Ordering::Relaxed);
+        if last != 0 && !allowed(last) {
             return false;
         }
         let _guard = self.fetch_lock.lock().await;
         // Someone else may have fetched while we waited.
-        if !allowed(self.last_fetch_ms.load(Ordering::Relaxed)) {
+        let last = self.last_forced_ms.load(Ordering::Relaxed);
+        if last != 0 && !allowed(last) {
             return false;
         }
+        self.last_forced_ms
+            .store(self.clock.now_ms().max(1), Ordering::Relaxed);
         self.fetch(http, uri).await.is_ok()
     }
 }
