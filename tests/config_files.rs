@@ -80,7 +80,13 @@ fn every_shipped_gateway_config_is_valid() {
 
     // The demo's embedded configuration, with its ports filled in as `portcullis demo` does.
     let tmp = tempfile::tempdir().unwrap();
-    let path = portcullis::demo::write_config(tmp.path(), 18080, 19090, 18081).unwrap();
+    let ports = portcullis::demo::DemoPorts {
+        gateway: 18080,
+        admin: 19090,
+        app: 18081,
+        idp: 18082,
+    };
+    let path = portcullis::demo::write_config(tmp.path(), &ports, "demo-secret").unwrap();
     let cfg = config::load(&path).unwrap_or_else(|e| panic!("demo: {e}"));
     assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
     checked.push("deploy/demo".to_string());

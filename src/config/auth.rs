@@ -348,16 +348,12 @@ impl Builder<'_> {
         }
         match url::Url::parse(&issuer) {
             Ok(u) if u.scheme() == "https" && u.query().is_none() && u.fragment().is_none() => {}
+            // Loopback traffic cannot be intercepted on the network: fine for a provider
+            // on the same machine (development, sidecars).
             Ok(u)
                 if u.scheme() == "http"
                     && u.host_str().is_some_and(is_loopback_host)
-                    && u.query().is_none() =>
-            {
-                self.warn(
-                    &format!("{path}.issuer"),
-                    "plain http: acceptable only for a provider on this machine (development)",
-                );
-            }
+                    && u.query().is_none() => {}
             _ => self.err(
                 &format!("{path}.issuer"),
                 format!("{issuer:?}: an issuer is an https URL without query or fragment (http only on loopback)"),

@@ -2,7 +2,11 @@
 //! free ports, and a raw HTTP/1.1 client that can send what well-behaved clients won't.
 #![allow(dead_code)]
 
+pub mod browser;
+pub mod identity;
+pub mod oidc_provider;
 pub mod redis;
+pub mod test_idp;
 
 use http_body_util::Full;
 use hyper::body::Bytes;
@@ -222,7 +226,25 @@ impl Gateway {
         admin_port: u16,
         policies: &[(&str, &str)],
     ) -> Gateway {
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(
+            tempfile::tempdir().unwrap(),
+            yaml,
+            port,
+            admin_port,
+            policies,
+        )
+        .await
+    }
+
+    /// Starts from a complete `gateway.yaml` in `dir`, which may already hold other files
+    /// the configuration refers to (secrets, certificates).
+    pub async fn start_in(
+        dir: tempfile::TempDir,
+        yaml: &str,
+        port: u16,
+        admin_port: u16,
+        policies: &[(&str, &str)],
+    ) -> Gateway {
         write_config(dir.path(), yaml, policies);
         let log = dir.path().join("portcullis.log");
         let child = Command::new(env!("CARGO_BIN_EXE_portcullis"))

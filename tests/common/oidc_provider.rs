@@ -1,0 +1,192 @@
+//! A real OpenID provider for end-to-end login tests: `tests/oidc-provider/server.mjs`
+//! (panva's `oidc-provider` on Node), on a free loopback port, stopped on drop.
+//!
+//! Needs `node` on `PATH` and the provider's packages: `npm ci --prefix tests/oidc-provider`.
+//! Users, scopes, ACRs and the login form are described at the top of `server.mjs`.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How long the provider may take to print its ready line.
+const READY_LIMIT: Duration = Duration::from_secs(20);
+
+/// One confidential client (`client_secret_basic`, grants `authorization_code` and
+/// `refresh_token`, PKCE S256 required).
+#[derive(Debug, Clone, Default)]
+pub struct OidcClientSpec {
+    pub client_id: String,
+    pub client_secret: String,
+    pub redirect_uris: Vec<String>,
+    pub post_logout_redirect_uris: Vec<String>,
+    pub backchannel_logout_uri: Option<String>,
+}
+
+impl OidcClientSpec {
+    /// A client with one redirect URI and nothing else.
+    pub fn new(client_id: &str, client_secret: &str, redirect_uri: &str) -> OidcClientSpec {
+        OidcClientSpec {
+            client_id: client_id.to_string(),
+            client_secret: client_secret.to_string(),
+            redirect_uris: vec![redirect_uri.to_string()],
+            ..OidcClientSpec::default()
+        }
+    }
+
+    /// The client as `server.mjs` reads it from `OIDC_CONFIG.clients[]`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut v = serde_json::json!({
+            "client_id": self.client_id,
+            "client_secret": self.client_secret,
+            "redirect_uris": self.redirect_uris,
+            "post_logout_redirect_uris": self.post_logout_redirect_uris,
+        });
+        if let Some(uri) = &self.backchannel_logout_uri {
+            v["backchannel_logout_uri"] = serde_json::Value::String(uri.clone());
+        }
+        v
+    }
+}
+
+/// A running `server.mjs`. The node process is killed on drop, and exits by itself when
+/// this test process dies (its stdin, a pipe held here, closes).
+pub struct OidcProvider {
+    /// `http://127.0.0.1:<port>`, exactly as the provider's discovery document says.
+    pub issuer: String,
+    child: Child,
+    _stdin: ChildStdin,
+    logs: Arc<Mutex<String>>,
+}
+
+impl Drop for OidcProvider {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `tests/oidc-provider` in this crate.
+pub fn provider_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/oidc-provider")
+}
+
+impl OidcProvider {
+    /// Starts the provider with these clients and the default token lifetimes.
+    pub async fn start(clients: Vec<OidcClientSpec>) -> OidcProvider {
+        let clients: Vec<_> = clients.iter().map(OidcClientSpec::to_json).collect();
+        Self::start_with_config(serde_json::json!({ "clients": clients })).await
+    }
+
+    /// Starts the provider with a raw `OIDC_CONFIG` object (see the top of `server.mjs`:
+    /// `clients`, `idTokenTtl`, `accessTokenTtl`, per-client `token_endpoint_auth_method`).
+    /// Panics with the provider's output when it does not become ready within 20 s.
+    pub async fn start_with_config(config: serde_json::Value) -> OidcProvider {
+        let dir = provider_dir();
+        let install = "run `npm ci --prefix tests/oidc-provider` from the repository root";
+        if Command::new("node")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_err()
+        {
+            panic!("`node` is not on PATH: install Node.js (20 or later), then {install}");
+        }
+        if !dir.join("node_modules").is_dir() {
+            panic!(
+                "{} is missing: {install}",
+                dir.join("node_modules").display()
+            );
+        }
+
+        let mut child = Command::new("node")
+            .arg("server.mjs")
+            .current_dir(&dir)
+            .env("OIDC_CONFIG", config.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start node server.mjs in {}: {e}", dir.display()));
+        let stdin = child.stdin.take().expect("stdin is piped");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let stderr = child.stderr.take().expect("stderr is piped");
+
+        let logs = Arc::new(Mutex::new(String::new()));
+        {
+            let logs = logs.clone();
+            std::thread::spawn(move || {
+                let mut stderr = BufReader::new(stderr);
+                let mut line = Vec::new();
+                while matches!(stderr.read_until(b'\n', &mut line), Ok(n) if n > 0) {
+                    logs.lock()
+                        .unwrap()
+                        .push_str(&String::from_utf8_lossy(&line));
+                    line.clear();
+                }
+            });
+        }
+
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<String>();
+        {
+            let logs = logs.clone();
+            std::thread::spawn(move || {
+                let mut stdout = BufReader::new(stdout);
+                let mut first = String::new();
+                if stdout.read_line(&mut first).unwrap_or(0) > 0 {
+                    let _ = ready_tx.send(first);
+                }
+                // Nothing else is expected on stdout; keep it drained and visible.
+                let mut rest = String::new();
+                while matches!(stdout.read_to_string(&mut rest), Ok(n) if n > 0) {
+                    logs.lock().unwrap().push_str(&rest);
+                    rest.clear();
+                }
+            });
+        }
+
+        let mut provider = OidcProvider {
+            issuer: String::new(),
+            child,
+            _stdin: stdin,
+            logs,
+        };
+        let line = match tokio::time::timeout(READY_LIMIT, ready_rx).await {
+            Ok(Ok(line)) => line,
+            Ok(Err(_)) => panic!(
+                "oidc-provider exited before it was ready ({:?}); its output:\n{}",
+                provider.child.try_wait(),
+                provider.logs()
+            ),
+            Err(_) => panic!(
+                "oidc-provider not ready within {READY_LIMIT:?}; its output:\n{}",
+                provider.logs()
+            ),
+        };
+        let ready: serde_json::Value = serde_json::from_str(line.trim()).unwrap_or_else(|e| {
+            panic!(
+                "oidc-provider's first stdout line is not JSON ({e}): {line:?}\n{}",
+                provider.logs()
+            )
+        });
+        assert_eq!(ready["ready"], true, "unexpected ready line {line:?}");
+        provider.issuer = ready["issuer"]
+            .as_str()
+            .unwrap_or_else(|| panic!("ready line without issuer: {line:?}"))
+            .to_string();
+        provider
+    }
+
+    /// Everything the provider wrote to stderr so far (requests, logins, errors,
+    /// back-channel logout results).
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// `<issuer>/.well-known/openid-configuration`.
+    pub fn discovery_url(&self) -> String {
+        format!("{}/.well-known/openid-configuration", self.issuer)
+    }
+}
