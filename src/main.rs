@@ -152,13 +152,36 @@ fn explain_requests(
         let forwarded = r.target.normalized.forward_target();
         match r.route.map(|i| &rt.routes[i]) {
             None => println!("404 no-route (host {}, path {forwarded})", r.host),
-            Some(route) => match (&route.upstream, route.auth) {
-                (Some(u), portcullis::config::AuthMode::Public) => println!(
-                    "route {} (public) -> upstream {} as {forwarded}",
-                    route.name, u.spec.name
-                ),
-                _ => println!("403 route-denied by route {}", route.name),
-            },
+            Some(route) => {
+                use portcullis::config::AuthMode;
+                let who = match route.auth {
+                    AuthMode::Deny => {
+                        println!("403 route-denied by route {}", route.name);
+                        continue;
+                    }
+                    AuthMode::Public => "public".to_string(),
+                    AuthMode::Login => format!(
+                        "login: sessions from {}; browsers without one are sent to log in, other clients get 401",
+                        route.identity.providers.join(", ")
+                    ),
+                    AuthMode::Bearer => format!(
+                        "bearer: access tokens from {}; 401 without one",
+                        route.identity.providers.join(", ")
+                    ),
+                    AuthMode::LoginOrBearer => format!(
+                        "login_or_bearer: a bearer token or a session from {}",
+                        route.identity.providers.join(", ")
+                    ),
+                };
+                let upstream = route
+                    .upstream
+                    .as_ref()
+                    .map_or("-", |u| u.spec.name.as_str());
+                println!(
+                    "route {} ({who}) -> upstream {upstream} as {forwarded}",
+                    route.name
+                );
+            }
         }
     }
     ExitCode::SUCCESS

@@ -360,22 +360,27 @@ impl Builder<'_> {
             ),
         }
         let client = match (client_id, client_secret) {
-            (Some(id), Some(secret)) => match Secret::resolve(&secret, base) {
-                Ok(s) => Some(ClientSpec {
-                    client_id: id,
-                    client_secret: s,
-                }),
-                Err(e) => {
+            (Some(id), Some(secret)) => {
+                let client_secret = Secret::resolve(&secret, base).unwrap_or_else(|e| {
                     self.err(&format!("{path}.client_secret"), e);
-                    None
-                }
-            },
-            (Some(_), None) => {
+                    // Kept (the load fails anyway) so that routes naming this provider
+                    // do not report errors of their own.
+                    Secret::inline("unresolved", String::new())
+                });
+                Some(ClientSpec {
+                    client_id: id,
+                    client_secret,
+                })
+            }
+            (Some(id), None) => {
                 self.err(
                     &format!("{path}.client_secret"),
                     "missing: Portcullis is a confidential client (`client_secret: { env: NAME }`)",
                 );
-                None
+                Some(ClientSpec {
+                    client_id: id,
+                    client_secret: Secret::inline("missing", String::new()),
+                })
             }
             (None, Some(_)) => {
                 self.err(
@@ -441,9 +446,9 @@ impl Builder<'_> {
                 out
             }
         };
-        if self.d.errors.len() > before {
-            return None;
-        }
+        // Returned even when invalid (the load fails anyway) so that routes naming it are
+        // not reported as naming an unknown provider.
+        let _ = before;
         Some(ProviderSpec {
             id,
             issuer,
