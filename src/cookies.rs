@@ -69,6 +69,37 @@ pub fn strip_ours(up: &mut RequestHeader, names: [&str; 2]) {
     }
 }
 
+/// Removes `Set-Cookie` headers for our cookies from an upstream's response: only the
+/// gateway issues its session, so an app (by mistake or compromised) cannot plant or
+/// clear one.
+pub fn strip_upstream_set_cookie(resp: &mut pingora::http::ResponseHeader, names: [&str; 2]) {
+    let ours = |v: &http::HeaderValue| {
+        v.to_str()
+            .ok()
+            .and_then(|s| Cookie::parse(s).ok())
+            .is_some_and(|c| names.contains(&c.name()))
+    };
+    if !resp
+        .headers
+        .get_all(http::header::SET_COOKIE)
+        .iter()
+        .any(ours)
+    {
+        return;
+    }
+    let kept: Vec<http::HeaderValue> = resp
+        .headers
+        .get_all(http::header::SET_COOKIE)
+        .iter()
+        .filter(|v| !ours(v))
+        .cloned()
+        .collect();
+    resp.remove_header(&http::header::SET_COOKIE);
+    for v in kept {
+        let _ = resp.append_header(http::header::SET_COOKIE, v);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,6 +153,18 @@ mod tests {
         );
         assert_eq!(find(&h, "__Host-portcullis"), Some("xyz"));
         assert_eq!(find(&h, "portcullis"), None);
+    }
+
+    #[test]
+    fn upstreams_cannot_set_our_cookies() {
+        let mut r = pingora::http::ResponseHeader::build(200, None).unwrap();
+        r.append_header("set-cookie", "a=1; Path=/").unwrap();
+        r.append_header("set-cookie", "sid=planted; Path=/")
+            .unwrap();
+        r.append_header("set-cookie", "b=2").unwrap();
+        strip_upstream_set_cookie(&mut r, ["sid", "sid-login"]);
+        let all: Vec<_> = r.headers.get_all("set-cookie").iter().collect();
+        assert_eq!(all, vec!["a=1; Path=/", "b=2"]);
     }
 
     #[test]

@@ -4,8 +4,8 @@
 //! |---|---|---|
 //! | `login` | GET | start a login (`rd` = where to return, `provider` = which IdP) |
 //! | `callback` | GET | the provider's redirect back; creates the session |
-//! | `userinfo` | GET | the signed-in user as JSON, for single-page apps |
-//! | `jwks.json` | GET | the public key of identity assertions |
+//! | `userinfo` | GET, HEAD | the signed-in user as JSON, for single-page apps |
+//! | `jwks.json` | GET, HEAD | the public key of identity assertions |
 //!
 //! They are answered before route matching, so no route can shadow them.
 
@@ -75,11 +75,12 @@ pub async fn serve(session: &Session, ctx: &RequestCtx, path: &str, query: &str)
     let rt = &ctx.rt;
     let method = &session.req_header().method;
     let name = &path[PREFIX.len()..];
-    let readable = method == http::Method::GET || method == http::Method::HEAD;
+    let get = method == http::Method::GET;
+    let readable = get || method == http::Method::HEAD;
     match name {
-        "login" | "callback" | "userinfo" | "jwks.json" if !readable => {
-            error(405, "method-not-allowed")
-        }
+        // Login and callback change state (a login state stored, one taken): GET only.
+        "login" | "callback" if !get => error(405, "method-not-allowed"),
+        "userinfo" | "jwks.json" if !readable => error(405, "method-not-allowed"),
         "login" => login(session, rt, query).await,
         "callback" => callback(session, ctx, query).await,
         "userinfo" => userinfo(session, rt).await,

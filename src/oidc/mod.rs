@@ -107,8 +107,10 @@ pub struct Provider {
     metrics: Arc<Metrics>,
     meta: ArcSwapOption<Discovered>,
     pub keys: jwks::Jwks,
-    /// When discovery last failed (Unix ms), for back-off.
+    /// When discovery or the key fetch last failed (Unix ms), and how many times in a
+    /// row, for back-off.
     last_failure_ms: AtomicU64,
+    failures: AtomicU64,
     refresh_lock: tokio::sync::Mutex<()>,
 }
 
@@ -130,6 +132,7 @@ impl Provider {
             metrics,
             meta: ArcSwapOption::empty(),
             last_failure_ms: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
             refresh_lock: tokio::sync::Mutex::new(()),
         })
     }
@@ -147,35 +150,61 @@ impl Provider {
     /// [`METADATA_MAX_AGE`], and fetches the keys with it. Called by the background task.
     pub async fn refresh(&self) {
         let now = self.clock.now_ms();
-        let due = match self.discovered() {
-            None => {
-                let last = self.last_failure_ms.load(Ordering::Relaxed);
-                now.saturating_sub(last) >= 2_000
-            }
-            Some(d) => now.saturating_sub(d.fetched_ms) >= METADATA_MAX_AGE.as_millis() as u64,
-        };
-        if !due {
+        let current = self.discovered();
+        let stale = current.as_ref().is_none_or(|d| {
+            now.saturating_sub(d.fetched_ms) >= METADATA_MAX_AGE.as_millis() as u64
+        });
+        if !stale && !self.keys.is_empty() {
+            return;
+        }
+        // After failures, wait 2 s, 4 s, 8 s ... up to a minute between attempts.
+        let failures = self.failures.load(Ordering::Relaxed);
+        let wait = (2_000u64 << failures.min(5)).min(60_000);
+        if failures > 0 && now.saturating_sub(self.last_failure_ms.load(Ordering::Relaxed)) < wait {
             return;
         }
         let _guard = self.refresh_lock.lock().await;
-        match self.discover().await {
-            Ok(d) => {
-                let jwks_uri = d.jwks_uri.clone();
-                self.meta.store(Some(Arc::new(d)));
-                if let Err(e) = self.keys.fetch(&self.http, &jwks_uri).await {
-                    log::warn!("provider {}: cannot fetch signing keys: {e}", self.id());
+        let result = match current {
+            Some(d) if !stale => self.fetch_keys(&d.jwks_uri).await,
+            _ => match self.discover().await {
+                Ok(d) => {
+                    let jwks_uri = d.jwks_uri.clone();
+                    self.meta.store(Some(Arc::new(d)));
+                    self.metrics.provider_up(self.id(), true);
+                    self.fetch_keys(&jwks_uri).await
                 }
-                self.metrics.provider_up(self.id(), true);
-            }
+                Err(e) => {
+                    self.metrics
+                        .provider_error(self.id(), "discovery", e.kind());
+                    // Metadata we had stays in use until it can be replaced.
+                    if self.discovered().is_none() {
+                        self.metrics.provider_up(self.id(), false);
+                    }
+                    Err(format!("discovery failed: {e}"))
+                }
+            },
+        };
+        match result {
+            Ok(()) => self.failures.store(0, Ordering::Relaxed),
             Err(e) => {
+                let n = self.failures.fetch_add(1, Ordering::Relaxed);
                 self.last_failure_ms.store(now, Ordering::Relaxed);
-                self.metrics
-                    .provider_error(self.id(), "discovery", e.kind());
-                // Metadata we had stays in use until it can be replaced.
-                if self.discovered().is_none() {
-                    self.metrics.provider_up(self.id(), false);
+                // The first failure of a streak, then every tenth: an IdP outage must not
+                // flood the log.
+                if n % 10 == 0 {
+                    log::warn!("provider {}: {e} (retrying with back-off)", self.id());
                 }
-                log::warn!("provider {}: discovery failed: {e}", self.id());
+            }
+        }
+    }
+
+    async fn fetch_keys(&self, uri: &str) -> Result<(), String> {
+        match self.keys.fetch(&self.http, uri).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                self.metrics
+                    .provider_error(self.id(), "jwks", "unreachable");
+                Err(format!("cannot fetch signing keys: {e}"))
             }
         }
     }

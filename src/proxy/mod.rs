@@ -12,7 +12,8 @@
 //! upstream_request_filter  strip identity headers and our cookies, inject the verified
 //!                          identity, set forwarding headers and request id, forward
 //!                          exactly the normalised target
-//! response_filter          request id on every response
+//! response_filter          request id on every response; upstreams cannot set our
+//!                          cookies
 //! fail_to_proxy            the one place errors become responses (502, 504, ...)
 //! logging                  metrics
 //! ```
@@ -122,11 +123,7 @@ impl ProxyHttp for PortcullisProxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        upstream_response.insert_header(
-            crate::headers::names::X_REQUEST_ID.clone(),
-            ctx.request_id.as_str(),
-        )?;
-        Ok(())
+        stages::prepare_response(upstream_response, ctx)
     }
 
     async fn fail_to_proxy(

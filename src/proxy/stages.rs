@@ -437,6 +437,17 @@ pub fn prepare_upstream_request(
     Ok(())
 }
 
+/// The upstream's response on its way out: our request id, and none of our cookies.
+pub fn prepare_response(resp: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()> {
+    resp.insert_header(
+        crate::headers::names::X_REQUEST_ID.clone(),
+        ctx.request_id.as_str(),
+    )?;
+    let spec = &ctx.rt.config.session;
+    cookies::strip_upstream_set_cookie(resp, [&spec.cookie_name, &spec.login_cookie_name]);
+    Ok(())
+}
+
 /// The verified identity, after stripping: the route's headers and, when asked for, a
 /// signed assertion.
 fn inject_identity(
