@@ -118,7 +118,13 @@ async fn login(session: &Session, rt: &Runtime, query: &str) -> Outcome {
     let return_to = flow::safe_return_path(rd.as_deref().unwrap_or("/"));
     let provider = match &provider_id {
         Some(id) => rt.providers.get(id).filter(|p| p.spec.client.is_some()),
-        None => rt.providers.values().find(|p| p.spec.client.is_some()),
+        // The first provider with a client, in the order gateway.yaml lists them.
+        None => rt
+            .config
+            .providers
+            .iter()
+            .filter(|p| p.client.is_some())
+            .find_map(|p| rt.providers.get(&p.id)),
     };
     let Some(provider) = provider else {
         let reason = if provider_id.is_some() {

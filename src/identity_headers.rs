@@ -66,7 +66,8 @@ impl Template {
     /// (control characters, CR and LF included, are never sent).
     pub fn render(&self, id: &Session) -> Option<String> {
         let mut out = String::new();
-        let mut any = false;
+        // A template without placeholders is a constant and always sent.
+        let mut any = !self.parts.iter().any(|p| matches!(p, Part::Claim(_)));
         for p in &self.parts {
             match p {
                 Part::Text(t) => out.push_str(t),

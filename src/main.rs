@@ -150,6 +150,17 @@ fn explain_requests(
             }
         };
         let forwarded = r.target.normalized.forward_target();
+        if r.target
+            .normalized
+            .match_path()
+            .starts_with(portcullis::endpoints::PREFIX)
+        {
+            println!(
+                "answered by the gateway itself (its {} endpoints)",
+                portcullis::endpoints::PREFIX
+            );
+            continue;
+        }
         match r.route.map(|i| &rt.routes[i]) {
             None => println!("404 no-route (host {}, path {forwarded})", r.host),
             Some(route) => {
@@ -160,6 +171,10 @@ fn explain_requests(
                         continue;
                     }
                     AuthMode::Public => "public".to_string(),
+                    AuthMode::Login if route.identity.api => format!(
+                        "login, api: sessions from {}; 401 without one",
+                        route.identity.providers.join(", ")
+                    ),
                     AuthMode::Login => format!(
                         "login: sessions from {}; browsers without one are sent to log in, other clients get 401",
                         route.identity.providers.join(", ")

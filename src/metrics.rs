@@ -133,7 +133,7 @@ impl Metrics {
             ),
             login_failures: counter(
                 "portcullis_login_failures_total",
-                "Callbacks that created no session, by provider and reason code.",
+                "Logins that failed (at start or at the callback) and created no session, by provider and reason code.",
                 &["provider", "reason"],
             ),
             login_duration: must(HistogramVec::new(
@@ -161,7 +161,7 @@ impl Metrics {
             provider_up: must(IntGaugeVec::new(
                 Opts::new(
                     "portcullis_provider_up",
-                    "1 when the provider's discovery metadata is loaded, else 0.",
+                    "1 when the provider is usable (discovery metadata and signing keys loaded), else 0.",
                 ),
                 &["provider"],
             )),

@@ -82,7 +82,9 @@ fn unmet(req: &Requirements, id: &Session) -> Option<&'static str> {
             return Some("claim-mismatch");
         }
     }
-    let verified = id.claims.get("email_verified").and_then(Value::as_bool) == Some(true);
+    // Some providers (Amazon Cognito among them) send the boolean as a string.
+    let verified = matches!(id.claims.get("email_verified"), Some(Value::Bool(true)))
+        || matches!(id.claims.get("email_verified"), Some(Value::String(s)) if s == "true");
     if let Some(want) = req.email_verified {
         if want && !verified {
             return Some("email-unverified");

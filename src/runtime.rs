@@ -171,11 +171,13 @@ fn new_store(
             key_prefix,
             connect_timeout,
             response_timeout,
+            ca_pem,
         } => Arc::new(RedisStore::new(RedisStoreConfig {
             url: url.expose().to_string(),
             key_prefix: key_prefix.clone(),
             connect_timeout: *connect_timeout,
             response_timeout: *response_timeout,
+            ca_pem: ca_pem.clone(),
         })?),
     };
     Ok(Arc::new(Metered::new(inner, metrics.clone())))

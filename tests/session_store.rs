@@ -145,6 +145,7 @@ async fn memory_store_conforms() {
 
 fn redis_store(url: String, prefix: &str) -> RedisStore {
     RedisStore::new(RedisStoreConfig {
+        ca_pem: None,
         url,
         key_prefix: prefix.to_string(),
         connect_timeout: Duration::from_millis(500),
@@ -160,6 +161,28 @@ async fn redis_store_conforms() {
     // Redis expires keys by its own clock; the suite waits for real.
     let advance: Advance = Box::new(|d| Box::pin(tokio::time::sleep(d)));
     conformance(&store, &SystemClock, advance).await;
+}
+
+#[tokio::test]
+async fn redis_over_tls_conforms_with_a_private_ca() {
+    let (redis, ca) = RedisServer::start_tls().await;
+    let store = RedisStore::new(RedisStoreConfig {
+        ca_pem: Some(ca.into_bytes()),
+        url: redis.tls_url(),
+        key_prefix: "tls:".into(),
+        connect_timeout: Duration::from_millis(1000),
+        response_timeout: Duration::from_millis(1000),
+    })
+    .unwrap();
+    store.ping().await.unwrap();
+    let advance: Advance = Box::new(|d| Box::pin(tokio::time::sleep(d)));
+    conformance(&store, &SystemClock, advance).await;
+    // Without the CA the server's certificate is not trusted: unavailable, not a hang.
+    let untrusted = redis_store(redis.tls_url(), "tls:");
+    assert!(matches!(
+        untrusted.ping().await,
+        Err(StoreError::Unavailable(_))
+    ));
 }
 
 #[tokio::test]

@@ -32,6 +32,8 @@ pub enum StoreSpec {
         key_prefix: String,
         connect_timeout: Duration,
         response_timeout: Duration,
+        /// CA certificates (PEM) for `rediss://`, read at load.
+        ca_pem: Option<Vec<u8>>,
     },
 }
 
@@ -46,14 +48,16 @@ impl StoreSpec {
                     key_prefix: b,
                     connect_timeout: c,
                     response_timeout: d,
+                    ca_pem: i,
                 },
                 StoreSpec::Redis {
                     url: e,
                     key_prefix: f,
                     connect_timeout: g,
                     response_timeout: h,
+                    ca_pem: j,
                 },
-            ) => a.expose() == e.expose() && b == f && c == g && d == h,
+            ) => a.expose() == e.expose() && b == f && c == g && d == h && i == j,
             _ => false,
         }
     }
@@ -205,7 +209,30 @@ impl Builder<'_> {
                 key_prefix,
                 connect_timeout,
                 response_timeout,
+                ca,
             }) => {
+                let ca_pem = ca.and_then(|c| {
+                    let path = base.join(&c);
+                    match std::fs::read(&path) {
+                        Ok(pem) if pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") => {
+                            Some(pem)
+                        }
+                        Ok(_) => {
+                            self.err(
+                                "session.store.ca",
+                                format!("no PEM certificate in {}", path.display()),
+                            );
+                            None
+                        }
+                        Err(e) => {
+                            self.err(
+                                "session.store.ca",
+                                format!("cannot read {}: {e}", path.display()),
+                            );
+                            None
+                        }
+                    }
+                });
                 let url = match url {
                     StringOrSecret::Plain(s) => Secret::inline("session.store.url", s),
                     StringOrSecret::Secret(r) => match Secret::resolve(&r, base) {
@@ -223,10 +250,21 @@ impl Builder<'_> {
                     if let Err(e) = redis::Client::open(u) {
                         self.err("session.store.url", format!("invalid Redis URL: {e}"));
                     }
+                    if ca_pem.is_some() && !u.starts_with("rediss://") {
+                        self.err("session.store.ca", "applies only to rediss:// URLs");
+                    }
+                }
+                let key_prefix = key_prefix.unwrap_or_else(|| "portcullis:".into());
+                if key_prefix.contains(['{', '}']) {
+                    self.err(
+                        "session.store.key_prefix",
+                        "must not contain { or }: they would change the Redis Cluster hash slots",
+                    );
                 }
                 StoreSpec::Redis {
                     url,
-                    key_prefix: key_prefix.unwrap_or_else(|| "portcullis:".into()),
+                    ca_pem,
+                    key_prefix,
                     connect_timeout: self.duration(
                         &connect_timeout,
                         "session.store.connect_timeout",
@@ -416,7 +454,7 @@ impl Builder<'_> {
             }
         }
         for (ours, theirs) in &claims {
-            if ["sub", "iss", "provider"].contains(&ours.as_str()) {
+            if ["sub", "iss", "provider", "acr", "amr"].contains(&ours.as_str()) {
                 self.err(
                     &format!("{path}.claims.{ours}"),
                     format!("`{ours}` always comes from the ID token itself and cannot be mapped"),
@@ -500,7 +538,12 @@ impl Builder<'_> {
             .as_ref()
             .and_then(|r| match Secret::resolve(r, base) {
                 Ok(s) => {
-                    if jsonwebtoken::EncodingKey::from_ec_pem(s.expose().as_bytes()).is_err() {
+                    // Checked by building the signer the runtime will build.
+                    let probe = AssertionSpec {
+                        signing_key: Some(s.clone()),
+                        ttl: DEFAULT_ASSERTION_TTL,
+                    };
+                    if crate::identity_headers::AssertionSigner::new(&probe).is_err() {
                         self.err(
                             "assertion.signing_key",
                             "not a PKCS#8 PEM P-256 private key (openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256)",
@@ -707,6 +750,21 @@ impl Builder<'_> {
                 );
             }
             email_domains.push(d);
+        }
+        let mut known: BTreeSet<&str> = BUILTIN_PLACEHOLDERS.iter().copied().collect();
+        for p in providers {
+            known.extend(p.claims.iter().map(|(ours, _)| ours.as_str()));
+        }
+        for name in claims.keys() {
+            if !known.contains(name.as_str()) {
+                self.err(
+                    &format!("{path}.claims.{name}"),
+                    format!(
+                        "unknown claim {name:?}: a session keeps {} (map others under the provider's `claims:`)",
+                        known.iter().copied().collect::<Vec<_>>().join(", ")
+                    ),
+                );
+            }
         }
         let acr = acr.map(|level| {
             let mut accepted = Vec::new();

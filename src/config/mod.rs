@@ -349,14 +349,14 @@ impl<'a> Builder<'a> {
         self.top_level_keys();
 
         for (key, feature) in [
-            ("populations", "populations"),
-            ("rate_limits", "rate limits"),
-            ("risk", "risk scoring"),
+            ("populations", "Populations"),
+            ("rate_limits", "Rate limits"),
+            ("risk", "Risk scoring"),
         ] {
             if root.get(key).is_some() {
                 self.err(
                     key,
-                    format!("{feature} are not available in this version of Portcullis yet"),
+                    format!("{feature}: not available in this version of Portcullis yet"),
                 );
             }
         }

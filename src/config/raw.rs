@@ -195,6 +195,9 @@ pub enum RawStore {
         connect_timeout: Option<String>,
         #[serde(default)]
         response_timeout: Option<String>,
+        /// PEM file of the CA for `rediss://` (default: the system's trust store).
+        #[serde(default)]
+        ca: Option<String>,
     },
 }
 

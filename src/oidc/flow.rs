@@ -268,7 +268,7 @@ pub async fn finish<'p>(
     let raw_id_token = tokens
         .id_token
         .as_deref()
-        .ok_or_else(|| fail("token-missing", 502, id))?;
+        .ok_or_else(|| fail("id-token-missing", 502, id))?;
     let now_s = now_ms / 1000;
     let mut claims = token::validate_id_token(provider, raw_id_token, &login.nonce, now_s)
         .await

@@ -93,10 +93,7 @@ impl Jwks {
             if !resp.status().is_success() {
                 return Err(format!("status {}", resp.status().as_u16()));
             }
-            let body = resp
-                .bytes()
-                .await
-                .map_err(|e| e.without_url().to_string())?;
+            let body = super::read_limited(resp).await.map_err(|e| e.to_string())?;
             parse_jwks(&body)
         }
         .await;

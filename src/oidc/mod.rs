@@ -170,20 +170,21 @@ impl Provider {
                 Ok(d) => {
                     let jwks_uri = d.jwks_uri.clone();
                     self.meta.store(Some(Arc::new(d)));
-                    self.metrics.provider_up(self.id(), true);
                     self.fetch_keys(&jwks_uri).await
                 }
                 Err(e) => {
                     self.metrics
                         .provider_error(self.id(), "discovery", e.kind());
                     // Metadata we had stays in use until it can be replaced.
-                    if self.discovered().is_none() {
-                        self.metrics.provider_up(self.id(), false);
-                    }
                     Err(format!("discovery failed: {e}"))
                 }
             },
         };
+        // Up means usable: metadata and at least one key.
+        self.metrics.provider_up(
+            self.id(),
+            self.discovered().is_some() && !self.keys.is_empty(),
+        );
         match result {
             Ok(()) => self.failures.store(0, Ordering::Relaxed),
             Err(e) => {
@@ -394,7 +395,7 @@ async fn get_json_bytes(
     read_limited(resp).await
 }
 
-async fn read_limited(mut resp: reqwest::Response) -> Result<Vec<u8>, ProviderError> {
+pub(crate) async fn read_limited(mut resp: reqwest::Response) -> Result<Vec<u8>, ProviderError> {
     let mut out = Vec::new();
     while let Some(chunk) = resp
         .chunk()

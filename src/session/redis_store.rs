@@ -21,6 +21,9 @@ pub struct RedisStoreConfig {
     pub connect_timeout: Duration,
     /// Longest wait for any single reply; a slow Redis must not stall requests.
     pub response_timeout: Duration,
+    /// PEM of the CA that signed the server's certificate (`rediss://` only); without
+    /// it the system's trust store is used.
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 /// A [`SessionStore`] in Redis (standalone; keys are laid out for Cluster).
@@ -39,8 +42,17 @@ fn unavailable(e: redis::RedisError) -> StoreError {
 impl RedisStore {
     /// Validates the URL; connects on first use.
     pub fn new(config: RedisStoreConfig) -> Result<Self, String> {
-        let client = redis::Client::open(config.url.as_str())
-            .map_err(|e| format!("invalid Redis URL: {e}"))?;
+        let client = match &config.ca_pem {
+            Some(pem) => redis::Client::build_with_tls(
+                config.url.as_str(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem.clone()),
+                },
+            ),
+            None => redis::Client::open(config.url.as_str()),
+        }
+        .map_err(|e| format!("invalid Redis URL: {e}"))?;
         Ok(RedisStore {
             config,
             client,

@@ -59,6 +59,63 @@ impl RedisServer {
         panic!("redis-server on port {port} did not answer PING");
     }
 
+    /// Starts `redis-server` serving only TLS on a free port, with a self-signed
+    /// certificate for 127.0.0.1; returns the server and the certificate's PEM.
+    pub async fn start_tls() -> (RedisServer, String) {
+        let port = super::free_port();
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = super::self_signed(&["127.0.0.1"]);
+        std::fs::write(dir.path().join("cert.pem"), &cert).unwrap();
+        std::fs::write(dir.path().join("key.pem"), key).unwrap();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                "0",
+                "--tls-port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
+            .args([
+                "--tls-auth-clients",
+                "no",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--tls-cert-file")
+            .arg(dir.path().join("cert.pem"))
+            .arg("--tls-key-file")
+            .arg(dir.path().join("key.pem"))
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start redis-server ({e})"));
+        let server = RedisServer {
+            port,
+            child,
+            _dir: dir,
+        };
+        for _ in 0..500 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                return (server, cert);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("redis-server with TLS on port {port} did not start");
+    }
+
+    /// The `rediss://` URL of a server started with [`RedisServer::start_tls`].
+    pub fn tls_url(&self) -> String {
+        format!("rediss://127.0.0.1:{}/0", self.port)
+    }
+
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
