@@ -9,7 +9,6 @@ use crate::policy::{self, Decision};
 use crate::runtime::{Route, Runtime};
 use crate::session::{Session, SessionId};
 use http::HeaderMap;
-use serde_json::Value;
 
 /// Who the request is from, once authenticated.
 pub struct Authenticated {
@@ -124,34 +123,7 @@ async fn from_bearer(
             "provider-unavailable" => Decision::Unavailable { reason },
             _ => unauthorized(reason, Some("invalid_token")),
         })?;
-    let identity = Session {
-        provider: provider.id().to_string(),
-        issuer: provider.spec.issuer.clone(),
-        subject: claims
-            .get("sub")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string(),
-        claims: flow::map_claims(provider, &claims),
-        acr: claims
-            .get("acr")
-            .and_then(Value::as_str)
-            .map(str::to_string),
-        amr: claims
-            .get("amr")
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default(),
-        auth_time: claims.get("auth_time").and_then(Value::as_u64),
-        created_ms: 0,
-        last_seen_ms: 0,
-        client_ip: None,
-        user_agent: None,
-    };
+    let identity = flow::identity(provider, &claims);
     Ok(Authenticated {
         identity,
         session_id: None,

@@ -6,6 +6,7 @@
 //! tokens), so the gateway in front of it runs exactly the code it runs with a real
 //! provider.
 
+use crate::responses::{app_json as reply_json, app_response as reply};
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::{Response, StatusCode};
@@ -411,20 +412,6 @@ fn client_credentials(session: &ServerSession) -> Option<(String, String)> {
 
 fn unix(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
-fn reply(status: u16, ctype: &str, body: Vec<u8>) -> Response<Vec<u8>> {
-    Response::builder()
-        .status(status)
-        .header(http::header::CONTENT_TYPE, ctype)
-        .header(http::header::CONTENT_LENGTH, body.len())
-        .header(http::header::CACHE_CONTROL, "no-store")
-        .body(body)
-        .unwrap_or_else(|_| Response::new(Vec::new()))
-}
-
-fn reply_json(status: u16, v: serde_json::Value) -> Response<Vec<u8>> {
-    reply(status, "application/json", v.to_string().into_bytes())
 }
 
 fn page(status: u16, msg: &str) -> Response<Vec<u8>> {

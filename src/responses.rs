@@ -88,6 +88,23 @@ pub fn error_response(
     Ok((h, Bytes::from(body)))
 }
 
+/// A whole response for the small apps served beside the proxy (admin listener, demo
+/// provider): the body with its type and length, never cached.
+pub fn app_response(status: u16, ctype: &str, body: Vec<u8>) -> http::Response<Vec<u8>> {
+    http::Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, ctype)
+        .header(http::header::CONTENT_LENGTH, body.len())
+        .header(http::header::CACHE_CONTROL, "no-store")
+        .body(body)
+        .unwrap_or_else(|_| http::Response::new(Vec::new()))
+}
+
+/// [`app_response`] with a JSON body.
+pub fn app_json(status: u16, v: serde_json::Value) -> http::Response<Vec<u8>> {
+    app_response(status, "application/json", v.to_string().into_bytes())
+}
+
 fn html_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {

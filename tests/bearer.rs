@@ -4,9 +4,9 @@
 
 mod common;
 
-use common::identity::{gateway_for, session_yaml, ProviderSetup};
-use common::test_idp::{TestIdp, TokenHeader};
-use common::{Echo, Gateway, Response};
+use common::identity::{session_yaml, with_test_idp, IdpGateway};
+use common::test_idp::TokenHeader;
+use common::Response;
 use serde_json::{json, Value};
 
 const AUD: &str = "https://api.shop.example";
@@ -32,28 +32,10 @@ const POLICY: &str = r#"routes:
     headers: { X-User: "{sub}" }
 "#;
 
-struct Setup {
-    idp: TestIdp,
-    gw: Gateway,
-    echo: Echo,
-}
+type Setup = IdpGateway;
 
 async fn setup() -> Setup {
-    let echo = Echo::start().await;
-    let idp = TestIdp::start().await;
-    let gw = gateway_for(
-        &echo,
-        &ProviderSetup {
-            issuer: idp.issuer(),
-            client_id: &idp.client_id(),
-            client_secret: &idp.client_secret(),
-            extra: "",
-        },
-        &session_yaml(None),
-        POLICY,
-    )
-    .await;
-    Setup { idp, gw, echo }
+    with_test_idp(&session_yaml(None), "", POLICY).await
 }
 
 fn now() -> u64 {

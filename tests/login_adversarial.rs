@@ -6,7 +6,7 @@
 mod common;
 
 use common::browser::{Browser, Page};
-use common::identity::{gateway_for, session_yaml, ProviderSetup, POLICY};
+use common::identity::{session_yaml, with_test_idp, IdpGateway, POLICY};
 use common::redis::RedisServer;
 use common::test_idp::{Misbehaviour, TestIdp};
 use common::{Echo, Gateway};
@@ -18,26 +18,10 @@ struct Setup {
     redis: RedisServer,
 }
 
-async fn setup_with(extra: &str, before_start: &[Misbehaviour]) -> Setup {
+async fn setup_with(extra: &str) -> Setup {
     let redis = RedisServer::start().await;
-    let echo = Echo::start().await;
-    let idp = TestIdp::start().await;
-    for m in before_start {
-        idp.set(*m);
-    }
-    let gw = gateway_for(
-        &echo,
-        &ProviderSetup {
-            issuer: idp.issuer(),
-            client_id: &idp.client_id(),
-            client_secret: &idp.client_secret(),
-            extra,
-        },
-        &session_yaml(Some((&redis.url(), "t:"))),
-        POLICY,
-    )
-    .await;
-    idp.allow_redirect_uri(gw.url("/.portcullis/callback"));
+    let IdpGateway { idp, gw, echo } =
+        with_test_idp(&session_yaml(Some((&redis.url(), "t:"))), extra, POLICY).await;
     Setup {
         idp,
         gw,
@@ -47,7 +31,7 @@ async fn setup_with(extra: &str, before_start: &[Misbehaviour]) -> Setup {
 }
 
 async fn setup() -> Setup {
-    setup_with("    userinfo: true\n", &[]).await
+    setup_with("    userinfo: true\n").await
 }
 
 /// Keys in the store: sessions (`s:`) and login states (`l:`).

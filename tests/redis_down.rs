@@ -5,31 +5,19 @@
 mod common;
 
 use common::browser::Browser;
-use common::identity::{gateway_for, session_yaml, ProviderSetup, POLICY};
+use common::identity::{session_yaml, with_test_idp, IdpGateway, POLICY};
 use common::redis::RedisServer;
-use common::test_idp::TestIdp;
-use common::Echo;
 use std::time::Duration;
 
 #[tokio::test]
 async fn a_store_outage_fails_closed_and_recovers() {
     let redis = RedisServer::start().await;
     let redis_port = redis.port;
-    let echo = Echo::start().await;
-    let idp = TestIdp::start().await;
-    let gw = gateway_for(
-        &echo,
-        &ProviderSetup {
-            issuer: idp.issuer(),
-            client_id: &idp.client_id(),
-            client_secret: &idp.client_secret(),
-            extra: "",
-        },
-        &session_yaml(Some((&redis.url(), "down:"))),
-        POLICY,
-    )
-    .await;
-    idp.allow_redirect_uri(gw.url("/.portcullis/callback"));
+    let IdpGateway {
+        idp: _idp,
+        gw,
+        echo,
+    } = with_test_idp(&session_yaml(Some((&redis.url(), "down:"))), "", POLICY).await;
 
     // Signed in while Redis is up.
     let alice = Browser::new();

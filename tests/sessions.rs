@@ -6,34 +6,15 @@
 mod common;
 
 use common::browser::{Browser, Page};
-use common::identity::{gateway_for, session_yaml, ProviderSetup, POLICY};
+use common::identity::{session_yaml, with_test_idp, IdpGateway, POLICY};
 use common::test_idp::TestIdp;
 use common::{Echo, Gateway};
 use serde_json::json;
 
-struct Setup {
-    idp: TestIdp,
-    gw: Gateway,
-    echo: Echo,
-}
+type Setup = IdpGateway;
 
 async fn setup() -> Setup {
-    let echo = Echo::start().await;
-    let idp = TestIdp::start().await;
-    let gw = gateway_for(
-        &echo,
-        &ProviderSetup {
-            issuer: idp.issuer(),
-            client_id: &idp.client_id(),
-            client_secret: &idp.client_secret(),
-            extra: "",
-        },
-        &session_yaml(None),
-        POLICY,
-    )
-    .await;
-    idp.allow_redirect_uri(gw.url("/.portcullis/callback"));
-    Setup { idp, gw, echo }
+    with_test_idp(&session_yaml(None), "", POLICY).await
 }
 
 async fn log_in_at(s: &Setup, b: &Browser, path: &str) -> Page {

@@ -16,17 +16,11 @@ pub struct AdminApp {
 }
 
 fn reply(status: StatusCode, ctype: &str, body: Vec<u8>) -> Response<Vec<u8>> {
-    Response::builder()
-        .status(status)
-        .header(http::header::CONTENT_TYPE, ctype)
-        .header(http::header::CONTENT_LENGTH, body.len())
-        .header(http::header::CACHE_CONTROL, "no-store")
-        .body(body)
-        .unwrap_or_else(|_| Response::new(Vec::new()))
+    crate::responses::app_response(status.as_u16(), ctype, body)
 }
 
 fn json(status: StatusCode, v: serde_json::Value) -> Response<Vec<u8>> {
-    reply(status, "application/json", v.to_string().into_bytes())
+    crate::responses::app_json(status.as_u16(), v)
 }
 
 impl AdminApp {

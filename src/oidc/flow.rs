@@ -309,35 +309,48 @@ pub async fn finish<'p>(
             }
         }
     }
-    let session = Session {
-        provider: provider.id().to_string(),
-        issuer: provider.spec.issuer.clone(),
-        subject: sub,
-        claims: map_claims(provider, &claims),
-        acr: claims
-            .get("acr")
-            .and_then(Value::as_str)
-            .map(str::to_string),
-        amr: claims
-            .get("amr")
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default(),
-        auth_time: claims.get("auth_time").and_then(Value::as_u64),
-        created_ms: 0,
-        last_seen_ms: 0,
-        client_ip: client.ip,
-        user_agent: client.user_agent.map(|u| u.chars().take(512).collect()),
-    };
+    let mut session = identity(provider, &claims);
+    session.client_ip = client.ip;
+    session.user_agent = client.user_agent.map(|u| u.chars().take(512).collect());
     Ok(Finished {
         session,
         return_to: login.return_to,
         started_ms: login.started_ms,
     })
+}
+
+/// Who a verified token (ID token, or access token on a bearer route) says the user
+/// is, as a session without times or client details.
+pub fn identity(provider: &Provider, claims: &token::Claims) -> Session {
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    Session {
+        provider: provider.id().to_string(),
+        issuer: provider.spec.issuer.clone(),
+        subject: claims
+            .get("sub")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
+        claims: map_claims(provider, claims),
+        acr: claims
+            .get("acr")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        amr: claims.get("amr").map(strings).unwrap_or_default(),
+        auth_time: claims.get("auth_time").and_then(Value::as_u64),
+        created_ms: 0,
+        last_seen_ms: 0,
+        client_ip: None,
+        user_agent: None,
+    }
 }
 
 /// The claims a session keeps: the standard identity claims under their own names,

@@ -119,3 +119,31 @@ pub fn cookie_names(set_cookies: &[String]) -> Vec<String> {
         .filter_map(|c| c.split('=').next().map(|n| n.trim().to_string()))
         .collect()
 }
+
+/// A gateway whose provider is the in-process test IdP, in front of an echo upstream.
+pub struct IdpGateway {
+    pub idp: super::test_idp::TestIdp,
+    pub gw: Gateway,
+    pub echo: Echo,
+}
+
+/// Starts the test IdP, an echo upstream and a gateway using them (provider id `idp`),
+/// and registers the gateway's callback at the IdP.
+pub async fn with_test_idp(session: &str, provider_extra: &str, policy: &str) -> IdpGateway {
+    let echo = Echo::start().await;
+    let idp = super::test_idp::TestIdp::start().await;
+    let gw = gateway_for(
+        &echo,
+        &ProviderSetup {
+            issuer: idp.issuer(),
+            client_id: &idp.client_id(),
+            client_secret: &idp.client_secret(),
+            extra: provider_extra,
+        },
+        session,
+        policy,
+    )
+    .await;
+    idp.allow_redirect_uri(gw.url("/.portcullis/callback"));
+    IdpGateway { idp, gw, echo }
+}
