@@ -317,3 +317,36 @@ async fn over_https_the_cookies_are_host_prefixed_secure_httponly_and_lax() {
         "the binding cookie is cleared: {set:?}"
     );
 }
+
+#[tokio::test]
+async fn sessions_and_the_assertion_key_survive_a_reload() {
+    let s = setup().await;
+    let b = Browser::new();
+    assert_eq!(log_in_at(&s, &b, "/account").await.status, 200);
+    let jwks_before = b.get(&s.gw.url("/.portcullis/jwks.json")).await.body;
+    // A policy change: a new route before the others.
+    let extra = "routes:\n  - name: extra\n    match: { path: /extra }\n    auth: deny\n";
+    std::fs::write(s.gw.dir.path().join("policies/00-extra.yaml"), extra).unwrap();
+    let r = s.gw.admin("POST", "/reload", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        b.get(&s.gw.url("/extra")).await.status,
+        403,
+        "the new config is live"
+    );
+    let page = b.get(&s.gw.url("/account")).await;
+    assert_eq!(
+        page.status, 200,
+        "the in-memory session outlived the reload"
+    );
+    let jwks_after = b.get(&s.gw.url("/.portcullis/jwks.json")).await.body;
+    assert_eq!(
+        jwks_before, jwks_after,
+        "upstreams keep verifying assertions"
+    );
+    let ready = s.gw.admin("GET", "/readyz", &[]).await.json();
+    assert_eq!(
+        ready["providers"]["idp"]["discovered"], true,
+        "the provider was kept"
+    );
+}
