@@ -134,6 +134,11 @@ async fn login(session: &Session, rt: &Runtime, query: &str) -> Outcome {
         };
         return error(if provider_id.is_some() { 400 } else { 404 }, reason);
     };
+    if provider.discovered().is_none() {
+        // Not yet discovered (a provider that just came up): one more try now, within
+        // the same back-off as the background task.
+        provider.refresh().await;
+    }
     let spec = &rt.config.session;
     let binding = cookies::find(&session.req_header().headers, &spec.login_cookie_name)
         .filter(|v| flow::is_token_shaped(v));

@@ -157,9 +157,10 @@ impl Provider {
         if !stale && !self.keys.is_empty() {
             return;
         }
-        // After failures, wait 2 s, 4 s, 8 s ... up to a minute between attempts.
+        // After failures, wait 0.25 s, 0.5 s, 1 s ... up to a minute between attempts:
+        // quick while a provider is starting next to us, gentle during an outage.
         let failures = self.failures.load(Ordering::Relaxed);
-        let wait = (2_000u64 << failures.min(5)).min(60_000);
+        let wait = (250u64 << failures.min(8)).min(60_000);
         if failures > 0 && now.saturating_sub(self.last_failure_ms.load(Ordering::Relaxed)) < wait {
             return;
         }
