@@ -10,18 +10,24 @@ use serde_json::{json, Value};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+/// A child in its own process group, killed with everything it started (chromedriver's
+/// Chromium too) when dropped, also when the test panics.
 struct Killed(Child);
 
 impl Drop for Killed {
     fn drop(&mut self) {
-        let _ = self.0.kill();
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.0.id())])
+            .status();
         let _ = self.0.wait();
     }
 }
 
 fn spawn(cmd: &mut Command, what: &str) -> Killed {
+    use std::os::unix::process::CommandExt;
     Killed(
-        cmd.stdout(Stdio::null())
+        cmd.process_group(0)
+            .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| {
