@@ -37,7 +37,8 @@ pub async fn validate_id_token(
         .as_ref()
         .map(|c| c.client_id.as_str())
         .ok_or("provider-unavailable")?;
-    let claims = verify(provider, raw, &d.id_token_algorithms, client_id).await?;
+    let header = jsonwebtoken::decode_header(raw).map_err(|_| malformed_reason(raw))?;
+    let claims = verify(provider, raw, &header, &d.id_token_algorithms, client_id).await?;
     check_times(&claims, now_s, true)?;
     // OpenID Connect Core §3.1.3.7 (4, 5): with several audiences the token must say who
     // it was issued to, and `azp`, when present, must be us.
@@ -88,8 +89,14 @@ pub async fn validate_access_token<'p>(
     if provider.discovered().is_none() {
         return Err("provider-unavailable");
     }
-    let algs = provider.spec.algorithms.clone();
-    let claims = verify(provider, raw, &algs, rules.audience).await?;
+    let claims = verify(
+        provider,
+        raw,
+        &header,
+        &provider.spec.algorithms,
+        rules.audience,
+    )
+    .await?;
     check_times(&claims, now_s, false)?;
     // An ID token is for the client, not for an API: refuse one even if its audience
     // were configured by mistake.
@@ -108,14 +115,15 @@ pub async fn validate_access_token<'p>(
     Ok((provider, claims))
 }
 
-/// Signature, algorithm, `iss`, `aud` (and that `sub` and `exp` exist).
+/// Signature, algorithm, `iss`, `aud` (and that `sub` and `exp` exist), for a token
+/// whose `header` the caller has decoded.
 async fn verify(
     provider: &Provider,
     raw: &str,
+    header: &jsonwebtoken::Header,
     algorithms: &[Algorithm],
     audience: &str,
 ) -> Result<Claims, &'static str> {
-    let header = jsonwebtoken::decode_header(raw).map_err(|_| malformed_reason(raw))?;
     if !algorithms.contains(&header.alg) {
         return Err("token-alg-not-allowed");
     }
