@@ -154,7 +154,7 @@ async fn login(session: &Session, rt: &Runtime, query: &str) -> Outcome {
     .await
     {
         Ok(started) => {
-            rt_metrics(rt).login_started(provider.id());
+            rt.metrics.login_started(provider.id());
             // The binding cookie lives as long as a login may take; an existing one is
             // renewed so that parallel logins in several tabs all stay bound.
             let value = started
@@ -171,7 +171,7 @@ async fn login(session: &Session, rt: &Runtime, query: &str) -> Outcome {
             redirect(started.location, vec![cookie])
         }
         Err(f) => {
-            rt_metrics(rt).login_failed(provider.id(), f.reason);
+            rt.metrics.login_failed(provider.id(), f.reason);
             error(f.status, f.reason)
         }
     }
@@ -179,7 +179,7 @@ async fn login(session: &Session, rt: &Runtime, query: &str) -> Outcome {
 
 async fn callback(session: &Session, ctx: &RequestCtx, query: &str) -> Outcome {
     let rt = &ctx.rt;
-    let metrics = rt_metrics(rt);
+    let metrics = &rt.metrics;
     let req = session.req_header();
     let params = match CallbackParams::parse(query) {
         Ok(p) => p,
@@ -280,10 +280,6 @@ async fn userinfo(session: &Session, rt: &Runtime) -> Outcome {
         Err(Decision::Unavailable { reason }) => error(503, reason),
         Err(d) => error(401, d.reason().unwrap_or("user-unauthenticated")),
     }
-}
-
-fn rt_metrics(rt: &Runtime) -> &crate::metrics::Metrics {
-    &rt.metrics
 }
 
 /// Writes an endpoint's outcome.

@@ -24,6 +24,13 @@ pub struct SessionSpec {
     pub login_timeout: Duration,
 }
 
+impl SessionSpec {
+    /// The gateway's own cookies: the session and the login binding.
+    pub fn cookie_names(&self) -> [&str; 2] {
+        [&self.cookie_name, &self.login_cookie_name]
+    }
+}
+
 #[derive(Debug, Clone)]
 pub enum StoreSpec {
     Memory,
@@ -108,11 +115,6 @@ impl ProviderSpec {
             && self.acr_levels == o.acr_levels
             && self.userinfo == o.userinfo
             && self.algorithms == o.algorithms
-    }
-
-    /// The rank of an `acr` value in `acr_levels` (0 = lowest), if it is one of them.
-    pub fn acr_rank(&self, acr: &str) -> Option<usize> {
-        self.acr_levels.iter().position(|(_, v)| v == acr)
     }
 }
 
@@ -594,21 +596,18 @@ impl Builder<'_> {
             AuthMode::Login | AuthMode::Bearer | AuthMode::LoginOrBearer
         );
         if !protected {
-            for (present, key) in [
-                (require.is_some(), "require"),
-                (headers.is_some(), "headers"),
-                (assertion.is_some(), "assertion"),
-                (bearer.is_some(), "bearer"),
-                (route_providers.is_some(), "providers"),
-                (api.is_some(), "api"),
-            ] {
-                if present {
-                    self.err(
-                        &format!("{path}.{key}"),
-                        format!("`{key}` applies only to routes with auth login, bearer or login_or_bearer"),
-                    );
-                }
-            }
+            self.refuse_present(
+                path,
+                &[
+                    (require.is_some(), "require"),
+                    (headers.is_some(), "headers"),
+                    (assertion.is_some(), "assertion"),
+                    (bearer.is_some(), "bearer"),
+                    (route_providers.is_some(), "providers"),
+                    (api.is_some(), "api"),
+                ],
+                "applies only to routes with auth login, bearer or login_or_bearer",
+            );
             return RouteAuth::default();
         }
         let login_ids: Vec<&str> = providers

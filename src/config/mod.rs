@@ -489,6 +489,15 @@ impl<'a> Builder<'a> {
         }
     }
 
+    /// One error for each key under `path` that is present, saying `why` it is refused.
+    fn refuse_present(&mut self, path: &str, keys: &[(bool, &str)], why: &str) {
+        for (present, key) in keys {
+            if *present {
+                self.err(&format!("{path}.{key}"), format!("`{key}` {why}"));
+            }
+        }
+    }
+
     fn flag(&mut self, key: &str) -> bool {
         match self.root.get(key) {
             None => false,
@@ -1126,20 +1135,17 @@ impl Builder<'_> {
             path,
             providers,
         );
-        for (present, key) in [
-            (step_up.is_some(), "step_up"),
-            (deny_when_risk_at_least.is_some(), "deny_when_risk_at_least"),
-            (rate_limits.is_some(), "rate_limits"),
-            (journey.is_some(), "journey"),
-            (population.is_some(), "population"),
-        ] {
-            if present {
-                self.err(
-                    &format!("{path}.{key}"),
-                    format!("`{key}` is not available in this version yet"),
-                );
-            }
-        }
+        self.refuse_present(
+            path,
+            &[
+                (step_up.is_some(), "step_up"),
+                (deny_when_risk_at_least.is_some(), "deny_when_risk_at_least"),
+                (rate_limits.is_some(), "rate_limits"),
+                (journey.is_some(), "journey"),
+                (population.is_some(), "population"),
+            ],
+            "is not available in this version yet",
+        );
 
         let matcher = self.matcher(raw_matcher, &format!("{path}.match"), case_insensitive);
         let upstream = match (&raw_upstream, auth) {

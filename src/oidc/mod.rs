@@ -353,10 +353,6 @@ impl Provider {
         serde_json::from_slice(&body)
             .map_err(|_| ProviderError::Invalid("UserInfo is not a JSON object".into()))
     }
-
-    pub fn http(&self) -> &reqwest::Client {
-        &self.http
-    }
 }
 
 /// The HTTP client for providers: no redirects (a provider endpoint that redirects is

@@ -411,8 +411,7 @@ pub fn prepare_upstream_request(
     ctx: &RequestCtx,
 ) -> Result<()> {
     ctx.rt.hygiene.strip(up);
-    let spec = &ctx.rt.config.session;
-    cookies::strip_ours(up, [&spec.cookie_name, &spec.login_cookie_name]);
+    cookies::strip_ours(up, ctx.rt.config.session.cookie_names());
     if let (Some(a), Some(idx)) = (&ctx.identity, ctx.route) {
         inject_identity(up, ctx, &ctx.rt.routes[idx], &a.identity)?;
     }
@@ -443,8 +442,7 @@ pub fn prepare_response(resp: &mut ResponseHeader, ctx: &RequestCtx) -> Result<(
         crate::headers::names::X_REQUEST_ID.clone(),
         ctx.request_id.as_str(),
     )?;
-    let spec = &ctx.rt.config.session;
-    cookies::strip_upstream_set_cookie(resp, [&spec.cookie_name, &spec.login_cookie_name]);
+    cookies::strip_upstream_set_cookie(resp, ctx.rt.config.session.cookie_names());
     Ok(())
 }
 

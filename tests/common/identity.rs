@@ -112,14 +112,6 @@ impl Gateway {
     }
 }
 
-/// Names of the cookies in `Set-Cookie` values.
-pub fn cookie_names(set_cookies: &[String]) -> Vec<String> {
-    set_cookies
-        .iter()
-        .filter_map(|c| c.split('=').next().map(|n| n.trim().to_string()))
-        .collect()
-}
-
 /// A gateway whose provider is the in-process test IdP, in front of an echo upstream.
 pub struct IdpGateway {
     pub idp: super::test_idp::TestIdp,
