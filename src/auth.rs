@@ -37,7 +37,18 @@ pub async fn authorize(
     };
     match found {
         Err(d) => (d, None),
-        Ok(a) => (policy::check(&route.identity.require, &a.identity), Some(a)),
+        Ok(a) => {
+            let pops = &route.identity.populations;
+            if !pops.is_empty() && !a.identity.population.as_ref().is_some_and(|p| pops.contains(p)) {
+                return (
+                    Decision::Deny {
+                        reason: "population-not-allowed",
+                    },
+                    Some(a),
+                );
+            }
+            (policy::check(&route.identity.require, &a.identity), Some(a))
+        }
     }
 }
 
@@ -56,9 +67,14 @@ pub async fn session_of(rt: &Runtime, headers: &HeaderMap) -> Result<Authenticat
                 reason: "session-store-unavailable",
             })
         }
-        Ok(Err(ended)) => Err(Decision::Login {
-            reason: ended.reason(),
-        }),
+        Ok(Err(ended)) => {
+            if ended != crate::session::Ended::Unknown {
+                rt.metrics.sessions_ended(ended.reason(), 1);
+            }
+            Err(Decision::Login {
+                reason: ended.reason(),
+            })
+        }
         Ok(Ok(identity)) => Ok(Authenticated {
             identity,
             session_id: Some(id),
@@ -77,6 +93,9 @@ async fn from_session(
         return Err(Decision::Login {
             reason: "provider-not-accepted",
         });
+    }
+    if crate::refresh::needed(rt, &a.identity, route.identity.forward_access_token) {
+        return crate::refresh::ensure_fresh(rt, a).await;
     }
     Ok(a)
 }

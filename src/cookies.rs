@@ -120,6 +120,7 @@ mod tests {
             idle_timeout: Duration::from_secs(60),
             absolute_timeout: Duration::from_secs(600),
             login_timeout: Duration::from_secs(60),
+            encryption_keys: Vec::new(),
         }
     }
 

@@ -91,6 +91,8 @@ impl Template {
 pub fn claim_text(id: &Session, name: &str) -> Option<String> {
     match name {
         "sub" => return Some(id.subject.clone()),
+        "user" => return Some(id.namespaced_user()),
+        "population" => return id.population.clone(),
         "iss" => return Some(id.issuer.clone()),
         "provider" => return Some(id.provider.clone()),
         "acr" => return id.acr.clone(),
@@ -206,6 +208,10 @@ impl AssertionSigner {
         claims.insert("exp".into(), (now_s + self.ttl_s).into());
         claims.insert("provider".into(), id.provider.clone().into());
         claims.insert("idp".into(), id.issuer.clone().into());
+        claims.insert("user".into(), id.namespaced_user().into());
+        if let Some(p) = &id.population {
+            claims.insert("population".into(), p.clone().into());
+        }
         if let Some(acr) = &id.acr {
             claims.insert("acr".into(), acr.clone().into());
         }
@@ -240,10 +246,7 @@ mod tests {
             acr: Some("loa2".into()),
             amr: vec!["pwd".into(), "otp".into()],
             auth_time: Some(1),
-            created_ms: 0,
-            last_seen_ms: 0,
-            client_ip: None,
-            user_agent: None,
+            ..Session::default()
         }
     }
 

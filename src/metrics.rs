@@ -41,6 +41,12 @@ struct IdentityMetrics {
     provider_up: IntGaugeVec,
     provider_errors: IntCounterVec,
     jwks_fetches: IntCounterVec,
+    sessions_created: IntCounterVec,
+    sessions_ended: IntCounterVec,
+    sessions_active: IntGauge,
+    backchannel: IntCounterVec,
+    refreshes: IntCounterVec,
+    logout_notifications: IntCounterVec,
 }
 
 fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -175,6 +181,35 @@ impl Metrics {
                 "Fetches of a provider's signing keys, by provider and result.",
                 &["provider", "result"],
             ),
+            sessions_created: counter(
+                "portcullis_sessions_created_total",
+                "Sessions created at login, by population (\"none\" without populations).",
+                &["population"],
+            ),
+            sessions_ended: counter(
+                "portcullis_sessions_ended_total",
+                "Sessions ended, by reason: logout, back-channel, revoked (admin or the user's own sessions page), evicted (over a population's max_sessions), refresh-failed, replaced (a new login in the same browser), expired-idle, expired-absolute.",
+                &["reason"],
+            ),
+            sessions_active: must(IntGauge::new(
+                "portcullis_sessions_active",
+                "Sessions in the store (shared by every gateway using it), sampled every few seconds.",
+            )),
+            backchannel: counter(
+                "portcullis_backchannel_logouts_total",
+                "Back-channel logout requests, by provider (\"unknown\" when the token names none) and result (success or a reason code).",
+                &["provider", "result"],
+            ),
+            refreshes: counter(
+                "portcullis_token_refreshes_total",
+                "Refresh-token grants, by provider and result (success, rejected, unavailable).",
+                &["provider", "result"],
+            ),
+            logout_notifications: counter(
+                "portcullis_logout_notifications_total",
+                "Calls to logout.notify, by result (success or error).",
+                &["result"],
+            ),
         };
         identity.store_up.set(1);
         for c in [
@@ -188,6 +223,12 @@ impl Metrics {
             Box::new(identity.provider_up.clone()),
             Box::new(identity.provider_errors.clone()),
             Box::new(identity.jwks_fetches.clone()),
+            Box::new(identity.sessions_created.clone()),
+            Box::new(identity.sessions_ended.clone()),
+            Box::new(identity.sessions_active.clone()),
+            Box::new(identity.backchannel.clone()),
+            Box::new(identity.refreshes.clone()),
+            Box::new(identity.logout_notifications.clone()),
         ] {
             must(registry.register(c));
         }
@@ -285,6 +326,48 @@ impl Metrics {
         self.identity
             .jwks_fetches
             .with_label_values(&[provider, result])
+            .inc();
+    }
+
+    pub fn session_created(&self, population: Option<&str>) {
+        self.identity
+            .sessions_created
+            .with_label_values(&[population.unwrap_or("none")])
+            .inc();
+    }
+
+    /// `n` sessions ended for `reason` (a fixed code).
+    pub fn sessions_ended(&self, reason: &'static str, n: usize) {
+        if n > 0 {
+            self.identity
+                .sessions_ended
+                .with_label_values(&[reason])
+                .inc_by(n as u64);
+        }
+    }
+
+    pub fn sessions_active(&self, n: u64) {
+        self.identity.sessions_active.set(n as i64);
+    }
+
+    pub fn backchannel_logout(&self, provider: &str, result: &'static str) {
+        self.identity
+            .backchannel
+            .with_label_values(&[provider, result])
+            .inc();
+    }
+
+    pub fn token_refresh(&self, provider: &str, result: &'static str) {
+        self.identity
+            .refreshes
+            .with_label_values(&[provider, result])
+            .inc();
+    }
+
+    pub fn logout_notification(&self, ok: bool) {
+        self.identity
+            .logout_notifications
+            .with_label_values(&[if ok { "success" } else { "error" }])
             .inc();
     }
 

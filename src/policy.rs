@@ -3,7 +3,7 @@
 //! Reasons are kebab-case codes reused verbatim in responses, logs and metrics. The one
 //! place decisions become responses is `proxy::stages::answer`.
 
-use crate::config::{AuthMode, ClaimValue, Requirements};
+use crate::config::{AuthMode, ClaimValue, MinAcr, PopulationSpec, Requirements};
 use crate::session::Session;
 use serde_json::Value;
 
@@ -71,16 +71,8 @@ fn unmet(req: &Requirements, id: &Session) -> Option<&'static str> {
     if !req.groups_all.iter().all(|g| groups.contains(&g.as_str())) {
         return Some("group-missing");
     }
-    for (name, want) in &req.claims {
-        let have = match name.as_str() {
-            "sub" => Some(Value::String(id.subject.clone())),
-            "provider" => Some(Value::String(id.provider.clone())),
-            "acr" => id.acr.clone().map(Value::String),
-            _ => id.claims.get(name).cloned(),
-        };
-        if !claim_equals(have.as_ref(), want) {
-            return Some("claim-mismatch");
-        }
+    if !claims_match(&req.claims, id) {
+        return Some("claim-mismatch");
     }
     // Some providers (Amazon Cognito among them) send the boolean as a string.
     let verified = matches!(id.claims.get("email_verified"), Some(Value::Bool(true)))
@@ -103,16 +95,41 @@ fn unmet(req: &Requirements, id: &Session) -> Option<&'static str> {
         }
     }
     if let Some(min) = &req.acr {
-        let ok = min
-            .accepted
-            .iter()
-            .find(|(p, _)| p == &id.provider)
-            .is_some_and(|(_, values)| id.acr.as_ref().is_some_and(|a| values.contains(a)));
-        if !ok {
+        if !meets_acr(min, id) {
             return Some("acr-insufficient");
         }
     }
     None
+}
+
+/// The session's `acr` is one that meets `min` at the session's provider.
+pub fn meets_acr(min: &MinAcr, id: &Session) -> bool {
+    min.accepted
+        .iter()
+        .find(|(p, _)| p == &id.provider)
+        .is_some_and(|(_, values)| id.acr.as_ref().is_some_and(|a| values.contains(a)))
+}
+
+/// Every `(claim, value)` holds for the session.
+fn claims_match(claims: &[(String, ClaimValue)], id: &Session) -> bool {
+    claims.iter().all(|(name, want)| {
+        let have = match name.as_str() {
+            "sub" => Some(Value::String(id.subject.clone())),
+            "provider" => Some(Value::String(id.provider.clone())),
+            "user" => Some(Value::String(id.namespaced_user())),
+            "population" => id.population.clone().map(Value::String),
+            "acr" => id.acr.clone().map(Value::String),
+            _ => id.claims.get(name).cloned(),
+        };
+        claim_equals(have.as_ref(), want)
+    })
+}
+
+/// The population a signed-in user belongs to: the first (in `gateway.yaml` order)
+/// that lists their provider and whose claims they have.
+pub fn population_of<'a>(pops: &'a [PopulationSpec], id: &Session) -> Option<&'a PopulationSpec> {
+    pops.iter()
+        .find(|p| p.providers.contains(&id.provider) && claims_match(&p.claims, id))
 }
 
 /// A claim equals the wanted value; for a list claim, when the list contains it.
@@ -145,10 +162,7 @@ mod tests {
             acr: acr.map(str::to_string),
             amr: vec![],
             auth_time: None,
-            created_ms: 0,
-            last_seen_ms: 0,
-            client_ip: None,
-            user_agent: None,
+            ..Session::default()
         }
     }
 

@@ -105,7 +105,7 @@ pub fn app_json(status: u16, v: serde_json::Value) -> http::Response<Vec<u8>> {
     app_response(status, "application/json", v.to_string().into_bytes())
 }
 
-fn html_escape(s: &str) -> String {
+pub fn html_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {

@@ -13,8 +13,8 @@ use crate::metrics::{Metrics, RouteMetrics};
 use crate::oidc::Provider;
 use crate::routing::RouteMatcher;
 use crate::session::{
-    MemoryStore, Metered, RedisStore, RedisStoreConfig, SessionManager, SessionStore,
-    SessionTimeouts,
+    MemoryStore, Metered, PopulationRules, RedisStore, RedisStoreConfig, Sealer, SealingKey,
+    SessionManager, SessionStore, SessionTimeouts,
 };
 use crate::upstream::Upstream;
 use arc_swap::ArcSwap;
@@ -55,6 +55,13 @@ pub struct Runtime {
     pub sessions: SessionManager,
     pub providers: BTreeMap<String, Arc<Provider>>,
     pub signer: Arc<AssertionSigner>,
+    /// Seals provider tokens at rest; `None` when tokens cannot be kept (Redis without
+    /// `session.encryption_keys`).
+    pub sealer: Option<Arc<Sealer>>,
+    /// Some route forwards access tokens, so sessions keep access and refresh tokens.
+    pub keeps_access_tokens: bool,
+    /// For calls to `logout.notify` (no redirects, short timeouts).
+    pub http: reqwest::Client,
 }
 
 /// Route label of the gateway's own endpoints.
@@ -100,16 +107,33 @@ impl Runtime {
             _ => new_store(&cfg.session.store, metrics, clock)?,
         };
         let session = &cfg.session;
+        let timeouts = |idle: std::time::Duration, absolute| SessionTimeouts {
+            idle,
+            absolute,
+            // last_seen is written back at most this often.
+            touch_every: (idle / 10).min(std::time::Duration::from_secs(60)),
+        };
+        let sealer = build_sealer(&cfg, previous)?;
         let sessions = SessionManager::new(
             store.clone(),
             clock.clone(),
-            SessionTimeouts {
-                idle: session.idle_timeout,
-                absolute: session.absolute_timeout,
-                // last_seen is written back at most this often.
-                touch_every: (session.idle_timeout / 10).min(std::time::Duration::from_secs(60)),
-            },
-        );
+            timeouts(session.idle_timeout, session.absolute_timeout),
+        )
+        .with_populations(
+            cfg.populations
+                .iter()
+                .map(|p| PopulationRules {
+                    name: p.name.clone(),
+                    timeouts: timeouts(p.idle_timeout, p.absolute_timeout),
+                    max_sessions: p.max_sessions,
+                })
+                .collect(),
+        )
+        .with_sealer(sealer.clone());
+        let http = match previous {
+            Some(p) => p.http.clone(),
+            None => crate::oidc::http_client()?,
+        };
         let redirect_uri = format!("{}/.portcullis/callback", cfg.public_url.origin);
         let mut providers = BTreeMap::new();
         for spec in &cfg.providers {
@@ -145,6 +169,9 @@ impl Runtime {
             sessions,
             providers,
             signer,
+            sealer,
+            keeps_access_tokens: cfg.routes.iter().any(|r| r.identity.forward_access_token),
+            http,
             routes,
             upstreams,
             config: cfg,
@@ -157,6 +184,33 @@ impl Runtime {
             .iter()
             .find(|r| r.matcher.matches(host, path, method))
     }
+}
+
+/// The configured sealing keys; without any, a key generated for this process when
+/// sessions are in memory (kept across reloads with the store), else none.
+fn build_sealer(
+    cfg: &GatewayConfig,
+    previous: Option<&Runtime>,
+) -> Result<Option<Arc<Sealer>>, String> {
+    let keys = &cfg.session.encryption_keys;
+    if !keys.is_empty() {
+        let parsed = keys
+            .iter()
+            .map(|k| SealingKey::parse(k.expose()))
+            .collect::<Result<Vec<_>, _>>()?;
+        return Ok(Sealer::new(parsed).map(Arc::new));
+    }
+    if !matches!(cfg.session.store, StoreSpec::Memory) {
+        return Ok(None);
+    }
+    let reused = previous.filter(|p| {
+        p.config.session.encryption_keys.is_empty()
+            && matches!(p.config.session.store, StoreSpec::Memory)
+    });
+    Ok(match reused.and_then(|p| p.sealer.clone()) {
+        Some(s) => Some(s),
+        None => Sealer::new(vec![SealingKey::generate()]).map(Arc::new),
+    })
 }
 
 fn new_store(

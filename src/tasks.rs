@@ -1,5 +1,5 @@
 //! Background work of a running gateway: upstream health checks, provider discovery
-//! and key refresh, reload on `SIGHUP`, and (when `watch_config` is on) reload when a
+//! and key refresh, the session count, reload on `SIGHUP`, and (when `watch_config` is on) reload when a
 //! config file changes.
 
 use crate::config::FileStamps;
@@ -25,6 +25,7 @@ impl BackgroundService for GatewayTasks {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         spawn_sighup_reloader(self.gateway.clone());
         spawn_provider_refresher(self.gateway.clone());
+        spawn_session_counter(self.gateway.clone());
         let mut last_check: HashMap<String, Instant> = HashMap::new();
         let mut failed: Option<FileStamps> = None;
         let mut last_watch = Instant::now();
@@ -94,6 +95,24 @@ fn spawn_provider_refresher(gateway: Arc<Gateway>) {
                 }
                 let p = p.clone();
                 running.insert(id.clone(), tokio::spawn(async move { p.refresh().await }));
+            }
+        }
+    });
+}
+
+/// How often the number of sessions in the store is sampled.
+const COUNT_SESSIONS_EVERY: Duration = Duration::from_secs(10);
+
+/// Samples `portcullis_sessions_active`; counting also prunes lapsed sessions from the
+/// store's index of all sessions.
+fn spawn_session_counter(gateway: Arc<Gateway>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(COUNT_SESSIONS_EVERY);
+        loop {
+            tick.tick().await;
+            let rt = gateway.snapshot();
+            if let Ok(n) = rt.sessions.count_active().await {
+                rt.metrics.sessions_active(n);
             }
         }
     });

@@ -41,14 +41,7 @@ fn alice() -> Session {
         provider: "idp".into(),
         issuer: "https://id.example.com".into(),
         subject: "alice".into(),
-        claims: Default::default(),
-        acr: None,
-        amr: vec![],
-        auth_time: None,
-        created_ms: 0,
-        last_seen_ms: 0,
-        client_ip: None,
-        user_agent: None,
+        ..Session::default()
     }
 }
 
@@ -65,8 +58,8 @@ async fn decide(rt: &Runtime, cookie: &str) -> Decision {
 async fn an_idle_session_ends_and_an_active_one_lives_until_the_absolute_limit() {
     let clock = FakeClock::new();
     let rt = runtime(&clock);
-    let (idle, _) = rt.sessions.create(alice()).await.unwrap();
-    let (busy, _) = rt.sessions.create(alice()).await.unwrap();
+    let idle = rt.sessions.create(alice()).await.unwrap().id;
+    let busy = rt.sessions.create(alice()).await.unwrap().id;
     assert_eq!(decide(&rt, idle.as_cookie_value()).await, Decision::Allow);
 
     // The busy session is used every 10 minutes; the idle one is not.

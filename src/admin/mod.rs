@@ -1,6 +1,14 @@
-//! The admin listener: health, readiness, metrics and reload, on its own address
-//! (loopback by default). Everything but the health probes needs the admin token when
-//! one is configured.
+//! The admin listener: health, readiness, metrics, reload and the sessions API, on its
+//! own address (loopback by default). Everything but the health probes needs the admin
+//! token when one is configured; the sessions API (which can end anyone's sessions)
+//! needs a token configured at all.
+//!
+//! | path | method | what |
+//! |---|---|---|
+//! | `/sessions?provider=<id>&sub=<sub>` | GET | the user's live sessions |
+//! | `/sessions?provider=<id>&sub=<sub>` | DELETE | end all of them |
+//! | `/sessions/<session id>?provider=<id>&sub=<sub>` | DELETE | end one |
+//! | `/sessions/count` | GET | sessions in the store |
 
 use crate::runtime::Gateway;
 use async_trait::async_trait;
@@ -94,6 +102,100 @@ impl AdminApp {
         )
     }
 
+    /// The sessions API. Effective at once on every gateway sharing the store, since
+    /// each request reads its session from the store.
+    async fn sessions(&self, method: &str, path: &str, query: &str) -> Response<Vec<u8>> {
+        let rt = self.gateway.snapshot();
+        if method == "GET" && path == "/sessions/count" {
+            return match rt.sessions.count_active().await {
+                Ok(n) => json(StatusCode::OK, serde_json::json!({ "active": n })),
+                Err(_) => store_down(),
+            };
+        }
+        let mut provider = None;
+        let mut sub = None;
+        for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+            match k.as_ref() {
+                "provider" => provider = Some(v.into_owned()),
+                "sub" => sub = Some(v.into_owned()),
+                _ => {}
+            }
+        }
+        let (Some(provider), Some(sub)) = (provider, sub) else {
+            return json(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({ "error": "user-missing", "message": "give provider=<id>&sub=<subject>" }),
+            );
+        };
+        let Some(spec) = rt.config.providers.iter().find(|p| p.id == provider) else {
+            return json(
+                StatusCode::NOT_FOUND,
+                serde_json::json!({ "error": "provider-unknown" }),
+            );
+        };
+        let user = crate::session::user_key(&spec.issuer, &sub);
+        let one = path.strip_prefix("/sessions/").filter(|h| !h.is_empty());
+        match (method, one) {
+            ("GET", None) => match rt.sessions.list_user(&user).await {
+                Ok(list) => {
+                    let items: Vec<serde_json::Value> = list
+                        .iter()
+                        .map(|(hash, s)| {
+                            serde_json::json!({
+                                "id": crate::session::handle(hash),
+                                "provider": s.provider,
+                                "population": s.population,
+                                "created_ms": s.created_ms,
+                                "last_seen_ms": s.last_seen_ms,
+                                "client_ip": s.client_ip,
+                                "user_agent": s.user_agent,
+                                "acr": s.acr,
+                            })
+                        })
+                        .collect();
+                    json(
+                        StatusCode::OK,
+                        serde_json::json!({ "user": format!("{provider}:{sub}"), "sessions": items }),
+                    )
+                }
+                Err(_) => store_down(),
+            },
+            ("DELETE", None) => match rt.sessions.destroy_user(&user).await {
+                Ok(ended) => {
+                    crate::lifecycle::sessions_ended(&rt, &ended, "revoked");
+                    log::info!("admin: ended {} session(s) of a user of {provider}", ended.len());
+                    json(StatusCode::OK, serde_json::json!({ "ended": ended.len() }))
+                }
+                Err(_) => store_down(),
+            },
+            ("DELETE", Some(h)) => {
+                let list = match rt.sessions.list_user(&user).await {
+                    Ok(l) => l,
+                    Err(_) => return store_down(),
+                };
+                let Some((hash, _)) = list.iter().find(|(hash, _)| crate::session::handle(hash) == h)
+                else {
+                    return json(
+                        StatusCode::NOT_FOUND,
+                        serde_json::json!({ "error": "session-unknown" }),
+                    );
+                };
+                match rt.sessions.destroy_hash(hash).await {
+                    Ok(ended) => {
+                        let ended: Vec<_> = ended.into_iter().collect();
+                        crate::lifecycle::sessions_ended(&rt, &ended, "revoked");
+                        json(StatusCode::OK, serde_json::json!({ "ended": ended.len() }))
+                    }
+                    Err(_) => store_down(),
+                }
+            }
+            _ => json(
+                StatusCode::METHOD_NOT_ALLOWED,
+                serde_json::json!({ "error": "method-not-allowed" }),
+            ),
+        }
+    }
+
     async fn reload(&self) -> Response<Vec<u8>> {
         let gw = self.gateway.clone();
         let result =
@@ -118,25 +220,50 @@ impl AdminApp {
     }
 }
 
+fn unauthorised() -> Response<Vec<u8>> {
+    let mut r = json(
+        StatusCode::UNAUTHORIZED,
+        serde_json::json!({ "error": "admin-token-required" }),
+    );
+    r.headers_mut().insert(
+        http::header::WWW_AUTHENTICATE,
+        http::HeaderValue::from_static("Bearer realm=\"portcullis-admin\""),
+    );
+    r
+}
+
+fn store_down() -> Response<Vec<u8>> {
+    json(
+        StatusCode::SERVICE_UNAVAILABLE,
+        serde_json::json!({ "error": "session-store-unavailable" }),
+    )
+}
+
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let method = session.req_header().method.clone();
         let path = session.req_header().uri.path().to_string();
+        let query = session.req_header().uri.query().unwrap_or("").to_string();
+        if path == "/sessions" || path.starts_with("/sessions/") {
+            if self.gateway.snapshot().config.admin.token.is_none() {
+                return json(
+                    StatusCode::FORBIDDEN,
+                    serde_json::json!({
+                        "error": "admin-token-not-configured",
+                        "message": "the sessions API needs admin.token in gateway.yaml",
+                    }),
+                );
+            }
+            if !self.authorised(session) {
+                return unauthorised();
+            }
+            return self.sessions(method.as_str(), &path, &query).await;
+        }
         match (method.as_str(), path.as_str()) {
             ("GET" | "HEAD", "/healthz") => reply(StatusCode::OK, "text/plain", b"ok\n".to_vec()),
             ("GET" | "HEAD", "/readyz") => self.ready().await,
-            (_, "/metrics" | "/reload") if !self.authorised(session) => {
-                let mut r = json(
-                    StatusCode::UNAUTHORIZED,
-                    serde_json::json!({ "error": "admin-token-required" }),
-                );
-                r.headers_mut().insert(
-                    http::header::WWW_AUTHENTICATE,
-                    http::HeaderValue::from_static("Bearer realm=\"portcullis-admin\""),
-                );
-                r
-            }
+            (_, "/metrics" | "/reload") if !self.authorised(session) => unauthorised(),
             ("GET" | "HEAD", "/metrics") => reply(
                 StatusCode::OK,
                 "text/plain; version=0.0.4",

@@ -22,6 +22,9 @@ pub struct SessionSpec {
     pub idle_timeout: Duration,
     pub absolute_timeout: Duration,
     pub login_timeout: Duration,
+    /// Keys sealing provider tokens at rest; the first seals. Empty: a key generated
+    /// at start (memory store), or no tokens kept (Redis).
+    pub encryption_keys: Vec<Secret>,
 }
 
 impl SessionSpec {
@@ -88,6 +91,41 @@ pub struct ProviderSpec {
     /// Algorithms accepted for this provider's tokens, before intersecting with what
     /// discovery advertises.
     pub algorithms: Vec<jsonwebtoken::Algorithm>,
+    /// Email domains (lower case) whose users sign in here (home-realm discovery).
+    pub domains: Vec<String>,
+    /// The name on the sign-in chooser.
+    pub display_name: String,
+}
+
+/// A named population of users: who belongs (by provider, and optionally claims) and
+/// the session rules that apply to them.
+#[derive(Debug, Clone)]
+pub struct PopulationSpec {
+    pub name: String,
+    pub providers: Vec<String>,
+    /// Every listed claim must equal its value (a list claim must contain it).
+    pub claims: Vec<(String, ClaimValue)>,
+    /// Minimum assurance at sign-in, requested with `acr_values` and checked at the
+    /// callback.
+    pub acr: Option<MinAcr>,
+    pub idle_timeout: Duration,
+    pub absolute_timeout: Duration,
+    /// Most concurrent sessions per user; the oldest is ended to make room.
+    pub max_sessions: Option<u32>,
+    /// Keep the provider's refresh token and keep the session alive with it (a session
+    /// ends when the provider refuses to refresh).
+    pub refresh_tokens: bool,
+}
+
+/// What happens around logout.
+#[derive(Debug, Clone)]
+pub struct LogoutSpec {
+    /// Path on `public_url` the browser lands on after logout; `public_url` + this is the
+    /// `post_logout_redirect_uri` to register at providers.
+    pub redirect: String,
+    /// Called (POST, JSON) when a session ends by logout, back-channel logout or
+    /// revocation.
+    pub notify: Option<url::Url>,
 }
 
 #[derive(Debug, Clone)]
@@ -115,6 +153,8 @@ impl ProviderSpec {
             && self.acr_levels == o.acr_levels
             && self.userinfo == o.userinfo
             && self.algorithms == o.algorithms
+            && self.domains == o.domains
+            && self.display_name == o.display_name
     }
 }
 
@@ -138,6 +178,10 @@ pub struct RouteAuth {
     pub headers: Vec<(String, String)>,
     pub assertion: bool,
     pub bearer: Option<BearerSpec>,
+    /// Populations a session must belong to (empty: any).
+    pub populations: Vec<String>,
+    /// Send the session's access token to the upstream as `Authorization: Bearer`.
+    pub forward_access_token: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -171,6 +215,8 @@ pub(super) const DEFAULT_LOGIN_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 const DEFAULT_ASSERTION_TTL: Duration = Duration::from_secs(60);
 /// Claims every session carries under these names, whatever the provider.
 pub const BUILTIN_PLACEHOLDERS: &[&str] = &[
+    "user",
+    "population",
     "sub",
     "iss",
     "provider",
@@ -203,7 +249,19 @@ impl Builder<'_> {
             idle_timeout,
             absolute_timeout,
             login_timeout,
+            encryption_keys,
         } = raw;
+        let mut keys = Vec::new();
+        for (i, r) in encryption_keys.unwrap_or_default().iter().enumerate() {
+            let path = format!("session.encryption_keys[{i}]");
+            match Secret::resolve(r, base) {
+                Ok(k) => match crate::session::SealingKey::parse(k.expose()) {
+                    Ok(_) => keys.push(k),
+                    Err(e) => self.err(&path, e),
+                },
+                Err(e) => self.err(&path, e),
+            }
+        }
         let store = match store {
             None | Some(RawStore::Memory) => StoreSpec::Memory,
             Some(RawStore::Redis {
@@ -319,6 +377,7 @@ impl Builder<'_> {
                 "session.login_timeout",
                 DEFAULT_LOGIN_TIMEOUT,
             ),
+            encryption_keys: keys,
         }
     }
 
@@ -347,6 +406,14 @@ impl Builder<'_> {
                     );
                     continue;
                 }
+                for d in &spec.domains {
+                    if let Some(other) = out.iter().find(|p| p.domains.contains(d)) {
+                        self.err(
+                            &format!("{path}.domains"),
+                            format!("{d:?} is already listed for provider {:?}: a domain leads to one provider", other.id),
+                        );
+                    }
+                }
                 out.push(spec);
             }
         }
@@ -373,6 +440,7 @@ impl Builder<'_> {
             userinfo,
             algorithms,
             domains,
+            display_name,
         } = raw;
         if !super::valid_name(&id) {
             self.err(
@@ -380,10 +448,29 @@ impl Builder<'_> {
                 format!("{id:?}: provider ids use lower-case letters, digits, '-' and '_' (they become metric labels)"),
             );
         }
-        if domains.is_some() {
+        let mut domain_list = Vec::new();
+        for (i, d) in domains.iter().enumerate() {
+            let lower = d.trim().trim_start_matches('@').to_ascii_lowercase();
+            let valid = !lower.is_empty()
+                && lower.len() <= 253
+                && lower.contains('.')
+                && lower
+                    .split('.')
+                    .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+            if valid {
+                domain_list.push(lower);
+            } else {
+                self.err(
+                    &format!("{path}.domains[{i}]"),
+                    format!("{d:?} is not an email domain (write e.g. acme.example)"),
+                );
+            }
+        }
+        let display_name = display_name.unwrap_or_else(|| id.clone());
+        if display_name.is_empty() || display_name.len() > 80 || display_name.chars().any(char::is_control) {
             self.err(
-                &format!("{path}.domains"),
-                "home-realm discovery is not available in this version yet",
+                &format!("{path}.display_name"),
+                "1 to 80 printable characters",
             );
         }
         match url::Url::parse(&issuer) {
@@ -456,7 +543,7 @@ impl Builder<'_> {
             }
         }
         for (ours, theirs) in &claims {
-            if ["sub", "iss", "provider", "acr", "amr"].contains(&ours.as_str()) {
+            if ["sub", "iss", "provider", "acr", "amr", "user", "population"].contains(&ours.as_str()) {
                 self.err(
                     &format!("{path}.claims.{ours}"),
                     format!("`{ours}` always comes from the ID token itself and cannot be mapped"),
@@ -499,6 +586,8 @@ impl Builder<'_> {
             acr_levels,
             userinfo,
             algorithms,
+            domains: domain_list,
+            display_name,
         })
     }
 
@@ -563,6 +652,14 @@ impl Builder<'_> {
     }
 }
 
+/// What routes are checked against: the providers, populations and session settings
+/// of `gateway.yaml`.
+pub(super) struct IdentityDefs<'a> {
+    pub providers: &'a [ProviderSpec],
+    pub populations: &'a [PopulationSpec],
+    pub session: &'a SessionSpec,
+}
+
 /// Validation of a route's identity settings, given the providers.
 pub(super) struct RouteAuthInput {
     pub require: Option<RawRequire>,
@@ -571,6 +668,8 @@ pub(super) struct RouteAuthInput {
     pub bearer: Option<RawBearer>,
     pub providers: Option<Vec<String>>,
     pub api: Option<bool>,
+    pub population: Option<OneOrMany>,
+    pub forward_access_token: Option<bool>,
 }
 
 impl Builder<'_> {
@@ -580,9 +679,10 @@ impl Builder<'_> {
         auth: super::AuthMode,
         input: RouteAuthInput,
         path: &str,
-        providers: &[ProviderSpec],
+        defs: &IdentityDefs<'_>,
     ) -> RouteAuth {
         use super::AuthMode;
+        let providers = defs.providers;
         let RouteAuthInput {
             require,
             headers,
@@ -590,6 +690,8 @@ impl Builder<'_> {
             bearer,
             providers: route_providers,
             api,
+            population,
+            forward_access_token,
         } = input;
         let protected = matches!(
             auth,
@@ -605,6 +707,8 @@ impl Builder<'_> {
                     (bearer.is_some(), "bearer"),
                     (route_providers.is_some(), "providers"),
                     (api.is_some(), "api"),
+                    (population.is_some(), "population"),
+                    (forward_access_token.is_some(), "forward_access_token"),
                 ],
                 "applies only to routes with auth login, bearer or login_or_bearer",
             );
@@ -709,6 +813,55 @@ impl Builder<'_> {
             &format!("{path}.headers"),
             &used,
         );
+        let mut populations = Vec::new();
+        for (i, name) in population
+            .map(OneOrMany::into_vec)
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+        {
+            let p = format!("{path}.population[{i}]");
+            match defs.populations.iter().find(|p| p.name == name) {
+                None => self.err(
+                    &p,
+                    format!(
+                        "unknown population {name:?} (defined under `populations:` in gateway.yaml: {})",
+                        none_or_list(
+                            &defs
+                                .populations
+                                .iter()
+                                .map(|p| p.name.as_str())
+                                .collect::<Vec<_>>()
+                        )
+                    ),
+                ),
+                Some(pop) if !pop.providers.iter().any(|id| chosen.contains(id)) => self.err(
+                    &p,
+                    format!(
+                        "population {name:?} signs in with {}, none of which this route accepts",
+                        pop.providers.join(", ")
+                    ),
+                ),
+                Some(_) => {}
+            }
+            populations.push(name);
+        }
+        let forward_access_token = forward_access_token.unwrap_or(false);
+        if forward_access_token {
+            if auth == AuthMode::Bearer {
+                self.err(
+                    &format!("{path}.forward_access_token"),
+                    "applies to routes with auth login or login_or_bearer (a bearer route's client sends its own token)",
+                );
+            } else if defs.session.encryption_keys.is_empty()
+                && matches!(defs.session.store, StoreSpec::Redis { .. })
+            {
+                self.err(
+                    &format!("{path}.forward_access_token"),
+                    "tokens are kept in Redis only encrypted: set session.encryption_keys (openssl rand -base64 32)",
+                );
+            }
+        }
         RouteAuth {
             providers: chosen,
             api: api.unwrap_or(matches!(auth, AuthMode::Bearer)),
@@ -716,6 +869,8 @@ impl Builder<'_> {
             headers,
             assertion: assertion.unwrap_or(false),
             bearer,
+            populations,
+            forward_access_token,
         }
     }
 
@@ -750,11 +905,30 @@ impl Builder<'_> {
             }
             email_domains.push(d);
         }
+        self.claim_names(claims.keys(), path, providers);
+        let acr = acr.map(|level| self.min_acr(level, &format!("{path}.acr"), providers));
+        Requirements {
+            groups_any,
+            groups_all,
+            claims: claims.into_iter().collect(),
+            email_verified,
+            email_domains,
+            acr,
+        }
+    }
+
+    /// Each claim name must be one a session keeps.
+    fn claim_names<'n>(
+        &mut self,
+        names: impl Iterator<Item = &'n String>,
+        path: &str,
+        providers: &[&ProviderSpec],
+    ) {
         let mut known: BTreeSet<&str> = BUILTIN_PLACEHOLDERS.iter().copied().collect();
         for p in providers {
             known.extend(p.claims.iter().map(|(ours, _)| ours.as_str()));
         }
-        for name in claims.keys() {
+        for name in names {
             if !known.contains(name.as_str()) {
                 self.err(
                     &format!("{path}.claims.{name}"),
@@ -765,42 +939,177 @@ impl Builder<'_> {
                 );
             }
         }
-        let acr = acr.map(|level| {
-            let mut accepted = Vec::new();
-            for p in providers {
-                match p.acr_levels.iter().position(|(n, _)| n == &level) {
-                    Some(rank) => accepted.push((
-                        p.id.clone(),
-                        p.acr_levels[rank..]
-                            .iter()
-                            .map(|(_, v)| v.clone())
-                            .collect(),
-                    )),
+    }
+
+    /// A minimum assurance level, resolved to the `acr` values that meet it at each of
+    /// `providers` (each must define the level).
+    fn min_acr(&mut self, level: String, path: &str, providers: &[&ProviderSpec]) -> MinAcr {
+        let mut accepted = Vec::new();
+        for p in providers {
+            match p.acr_levels.iter().position(|(n, _)| n == &level) {
+                Some(rank) => accepted.push((
+                    p.id.clone(),
+                    p.acr_levels[rank..]
+                        .iter()
+                        .map(|(_, v)| v.clone())
+                        .collect(),
+                )),
+                None => self.err(
+                    path,
+                    format!(
+                        "unknown level {level:?} for provider {:?} (its acr_levels: {})",
+                        p.id,
+                        none_or_list(
+                            &p.acr_levels
+                                .iter()
+                                .map(|(n, _)| n.as_str())
+                                .collect::<Vec<_>>()
+                        )
+                    ),
+                ),
+            }
+        }
+        MinAcr { level, accepted }
+    }
+
+    /// `populations:` in document order (the first that matches a user is theirs).
+    pub(super) fn populations(
+        &mut self,
+        providers: &[ProviderSpec],
+        session: &SessionSpec,
+    ) -> Vec<PopulationSpec> {
+        let mut out = Vec::new();
+        let Some(n) = self.root.get("populations") else {
+            return out;
+        };
+        let node::Value::Map(entries) = &n.value else {
+            self.err(
+                "populations",
+                "expected a mapping of population name to its settings",
+            );
+            return out;
+        };
+        for (k, v) in entries {
+            let node::Value::Str(name) = &k.value else {
+                self.err("populations", "population names are strings");
+                continue;
+            };
+            let path = format!("populations.{name}");
+            if !super::valid_name(name) {
+                self.err(
+                    &path,
+                    format!("{name:?}: population names use lower-case letters, digits, '-' and '_' (they become metric labels)"),
+                );
+            }
+            let Some(raw) = self.decode::<RawPopulation>(v, &path) else {
+                continue;
+            };
+            let RawPopulation {
+                providers: ids,
+                claims,
+                acr,
+                idle_timeout,
+                absolute_timeout,
+                max_sessions,
+                refresh_tokens,
+            } = raw;
+            if ids.is_empty() {
+                self.err(&format!("{path}.providers"), "list at least one provider");
+            }
+            let mut used = Vec::new();
+            for (i, id) in ids.iter().enumerate() {
+                match providers.iter().find(|p| &p.id == id && p.client.is_some()) {
+                    Some(p) => used.push(p),
                     None => self.err(
-                        &format!("{path}.acr"),
+                        &format!("{path}.providers[{i}]"),
                         format!(
-                            "unknown level {level:?} for provider {:?} (its acr_levels: {})",
-                            p.id,
+                            "{id:?} is not a provider with a client_id (login providers: {})",
                             none_or_list(
-                                &p.acr_levels
+                                &providers
                                     .iter()
-                                    .map(|(n, _)| n.as_str())
+                                    .filter(|p| p.client.is_some())
+                                    .map(|p| p.id.as_str())
                                     .collect::<Vec<_>>()
                             )
                         ),
                     ),
                 }
             }
-            MinAcr { level, accepted }
-        });
-        Requirements {
-            groups_any,
-            groups_all,
-            claims: claims.into_iter().collect(),
-            email_verified,
-            email_domains,
-            acr,
+            self.claim_names(claims.keys(), &path, &used);
+            let acr = acr.map(|level| self.min_acr(level, &format!("{path}.acr"), &used));
+            let idle = self.duration(
+                &idle_timeout,
+                &format!("{path}.idle_timeout"),
+                session.idle_timeout,
+            );
+            let absolute = self.duration(
+                &absolute_timeout,
+                &format!("{path}.absolute_timeout"),
+                session.absolute_timeout,
+            );
+            if idle > absolute {
+                self.warn(
+                    &format!("{path}.idle_timeout"),
+                    "is longer than absolute_timeout, so it never applies",
+                );
+            }
+            if max_sessions == Some(0) {
+                self.err(
+                    &format!("{path}.max_sessions"),
+                    "must be at least 1 (leave it out for no limit)",
+                );
+            }
+            if refresh_tokens
+                && session.encryption_keys.is_empty()
+                && matches!(session.store, StoreSpec::Redis { .. })
+            {
+                self.err(
+                    &format!("{path}.refresh_tokens"),
+                    "tokens are kept in Redis only encrypted: set session.encryption_keys (openssl rand -base64 32)",
+                );
+            }
+            out.push(PopulationSpec {
+                name: name.clone(),
+                providers: ids,
+                claims: claims.into_iter().collect(),
+                acr,
+                idle_timeout: idle,
+                absolute_timeout: absolute,
+                max_sessions,
+                refresh_tokens,
+            });
         }
+        out
+    }
+
+    /// `logout:`.
+    pub(super) fn logout(&mut self) -> LogoutSpec {
+        let raw: RawLogout = match self.root.get("logout") {
+            None => RawLogout::default(),
+            Some(n) => self.decode(n, "logout").unwrap_or_default(),
+        };
+        let redirect = raw.redirect.unwrap_or_else(|| "/".into());
+        if crate::oidc::flow::safe_return_path(&redirect) != redirect
+            || redirect.starts_with("/.portcullis/")
+        {
+            self.err(
+                "logout.redirect",
+                format!("{redirect:?}: a path on public_url, starting with a single /"),
+            );
+        }
+        let notify = raw.notify.and_then(|u| match url::Url::parse(&u) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {
+                Some(url)
+            }
+            _ => {
+                self.err(
+                    "logout.notify",
+                    format!("{u:?}: an http(s) URL the gateway POSTs logout events to"),
+                );
+                None
+            }
+        });
+        LogoutSpec { redirect, notify }
     }
 
     fn header_templates(

@@ -12,8 +12,9 @@ mod raw;
 mod secret;
 
 pub use auth::{
-    is_loopback_host, placeholders, AssertionSpec, BearerSpec, ClientSpec, MinAcr, ProviderSpec,
-    Requirements, RouteAuth, SessionSpec, StoreSpec, ASYMMETRIC, BUILTIN_PLACEHOLDERS,
+    is_loopback_host, placeholders, AssertionSpec, BearerSpec, ClientSpec, LogoutSpec, MinAcr,
+    PopulationSpec, ProviderSpec, Requirements, RouteAuth, SessionSpec, StoreSpec, ASYMMETRIC,
+    BUILTIN_PLACEHOLDERS,
 };
 pub use error::{ConfigError, ConfigErrors, Diagnostics};
 pub use raw::ClaimValue;
@@ -52,6 +53,8 @@ pub struct GatewayConfig {
     pub routes: Vec<RouteSpec>,
     pub session: SessionSpec,
     pub providers: Vec<ProviderSpec>,
+    pub populations: Vec<PopulationSpec>,
+    pub logout: LogoutSpec,
     pub assertion: AssertionSpec,
     pub warnings: Vec<ConfigError>,
 }
@@ -175,6 +178,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "providers",
     "assertion",
     "populations",
+    "logout",
     "rate_limits",
     "risk",
 ];
@@ -349,7 +353,6 @@ impl<'a> Builder<'a> {
         self.top_level_keys();
 
         for (key, feature) in [
-            ("populations", "Populations"),
             ("rate_limits", "Rate limits"),
             ("risk", "Risk scoring"),
         ] {
@@ -390,6 +393,8 @@ impl<'a> Builder<'a> {
         let strip_extra = self.strip_headers();
         let providers = self.providers(base);
         let session = self.session(base, public_url.as_ref());
+        let populations = self.populations(&providers, &session);
+        let logout = self.logout();
         let assertion = self.assertion(base);
         if let Some(u) = &public_url {
             if !providers.is_empty() && !u.https && !is_loopback_host(&u.host) {
@@ -415,7 +420,11 @@ impl<'a> Builder<'a> {
             &self.file,
             root.locate("policies"),
             &upstreams,
-            &providers,
+            &auth::IdentityDefs {
+                providers: &providers,
+                populations: &populations,
+                session: &session,
+            },
             case_insensitive_paths,
             &mut stamps,
             self.d,
@@ -459,6 +468,8 @@ impl<'a> Builder<'a> {
             routes,
             session,
             providers,
+            populations,
+            logout,
             assertion,
             warnings: Vec::new(),
         })
@@ -964,7 +975,7 @@ fn load_policies(
     gateway_file: &Path,
     policies_pos: Option<Pos>,
     upstreams: &BTreeMap<String, UpstreamSpec>,
-    providers: &[ProviderSpec],
+    defs: &auth::IdentityDefs<'_>,
     case_insensitive: bool,
     stamps: &mut FileStamps,
     d: &mut Diagnostics,
@@ -999,7 +1010,7 @@ fn load_policies(
             root: &root,
             d,
         };
-        b.policy_file(upstreams, providers, case_insensitive, &mut routes);
+        b.policy_file(upstreams, defs, case_insensitive, &mut routes);
     }
     routes
 }
@@ -1008,7 +1019,7 @@ impl Builder<'_> {
     fn policy_file(
         &mut self,
         upstreams: &BTreeMap<String, UpstreamSpec>,
-        providers: &[ProviderSpec],
+        defs: &auth::IdentityDefs<'_>,
         case_insensitive: bool,
         routes: &mut Vec<RouteSpec>,
     ) {
@@ -1030,7 +1041,7 @@ impl Builder<'_> {
                 continue;
             };
             if let Some(spec) =
-                self.route(raw, &path, rnode, upstreams, providers, case_insensitive)
+                self.route(raw, &path, rnode, upstreams, defs, case_insensitive)
             {
                 if let Some(prev) = routes.iter().find(|r| r.name == spec.name) {
                     self.err(
@@ -1084,7 +1095,7 @@ impl Builder<'_> {
         path: &str,
         rnode: &Node,
         upstreams: &BTreeMap<String, UpstreamSpec>,
-        providers: &[ProviderSpec],
+        defs: &auth::IdentityDefs<'_>,
         case_insensitive: bool,
     ) -> Option<RouteSpec> {
         let before = self.d.errors.len();
@@ -1106,6 +1117,7 @@ impl Builder<'_> {
             rate_limits,
             journey,
             population,
+            forward_access_token,
         } = raw;
         if !valid_name(&name) {
             self.err(
@@ -1131,9 +1143,11 @@ impl Builder<'_> {
                 bearer,
                 providers: route_providers,
                 api,
+                population,
+                forward_access_token,
             },
             path,
-            providers,
+            defs,
         );
         self.refuse_present(
             path,
@@ -1142,7 +1156,6 @@ impl Builder<'_> {
                 (deny_when_risk_at_least.is_some(), "deny_when_risk_at_least"),
                 (rate_limits.is_some(), "rate_limits"),
                 (journey.is_some(), "journey"),
-                (population.is_some(), "population"),
             ],
             "is not available in this version yet",
         );

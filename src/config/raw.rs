@@ -120,7 +120,9 @@ pub struct RawRoute {
     #[serde(default)]
     pub journey: Option<IgnoredAny>,
     #[serde(default)]
-    pub population: Option<IgnoredAny>,
+    pub population: Option<OneOrMany>,
+    #[serde(default)]
+    pub forward_access_token: Option<bool>,
 }
 
 /// `require:` on a route.
@@ -181,6 +183,8 @@ pub struct RawSession {
     /// How long a started login may take before its state expires.
     #[serde(default)]
     pub login_timeout: Option<String>,
+    #[serde(default)]
+    pub encryption_keys: Option<Vec<SecretRef>>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -241,7 +245,36 @@ pub struct RawProvider {
     pub algorithms: Option<Vec<String>>,
     /// Reserved for home-realm discovery.
     #[serde(default)]
-    pub domains: Option<IgnoredAny>,
+    pub domains: Vec<String>,
+    #[serde(default)]
+    pub display_name: Option<String>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct RawPopulation {
+    pub providers: Vec<String>,
+    #[serde(default)]
+    pub claims: BTreeMap<String, ClaimValue>,
+    #[serde(default)]
+    pub acr: Option<String>,
+    #[serde(default)]
+    pub idle_timeout: Option<String>,
+    #[serde(default)]
+    pub absolute_timeout: Option<String>,
+    #[serde(default)]
+    pub max_sessions: Option<u32>,
+    #[serde(default)]
+    pub refresh_tokens: bool,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawLogout {
+    #[serde(default)]
+    pub redirect: Option<String>,
+    #[serde(default)]
+    pub notify: Option<String>,
 }
 
 /// `assertion:` in gateway.yaml: the key identity assertions are signed with.

@@ -47,6 +47,17 @@ pub struct Finished {
     pub session: Session,
     pub return_to: String,
     pub started_ms: u64,
+    /// The token endpoint's answer, for the tokens a session keeps.
+    pub tokens: super::TokenResponse,
+}
+
+/// Optional parameters of an authorization request.
+#[derive(Default)]
+pub struct StartOptions<'a> {
+    /// The user's email or login name, when home-realm discovery found it.
+    pub login_hint: Option<&'a str>,
+    /// Space-separated `acr` values to request.
+    pub acr_values: Option<&'a str>,
 }
 
 /// Why a callback failed: the reason code, the status of the error page, and the
@@ -87,6 +98,7 @@ pub async fn start(
     store: &dyn SessionStore,
     return_to: &str,
     binding: Option<&str>,
+    options: &StartOptions<'_>,
     ttl: Duration,
     now_ms: u64,
 ) -> Result<Started, Failure> {
@@ -127,6 +139,12 @@ pub async fn start(
     }
     for (k, v) in &provider.spec.auth_params {
         req = req.add_extra_param(k.clone(), v.clone());
+    }
+    if let Some(hint) = options.login_hint {
+        req = req.add_extra_param("login_hint", hint.to_string());
+    }
+    if let Some(acr) = options.acr_values {
+        req = req.add_extra_param("acr_values", acr.to_string());
     }
     let (url, state, nonce) = req.url();
     let record = LoginState {
@@ -312,10 +330,16 @@ pub async fn finish<'p>(
     let mut session = identity(provider, &claims);
     session.client_ip = client.ip;
     session.user_agent = client.user_agent.map(|u| u.chars().take(512).collect());
+    session.sid = claims
+        .get("sid")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty() && s.len() <= 512)
+        .map(str::to_string);
     Ok(Finished {
         session,
         return_to: login.return_to,
         started_ms: login.started_ms,
+        tokens,
     })
 }
 
@@ -346,10 +370,7 @@ pub fn identity(provider: &Provider, claims: &token::Claims) -> Session {
             .map(str::to_string),
         amr: claims.get("amr").map(strings).unwrap_or_default(),
         auth_time: claims.get("auth_time").and_then(Value::as_u64),
-        created_ms: 0,
-        last_seen_ms: 0,
-        client_ip: None,
-        user_agent: None,
+        ..Session::default()
     }
 }
 

@@ -96,6 +96,11 @@ pub struct TokenResponse {
     pub access_token: Option<String>,
     #[serde(default)]
     pub token_type: Option<String>,
+    #[serde(default)]
+    pub refresh_token: Option<String>,
+    /// Seconds the access token lives.
+    #[serde(default)]
+    pub expires_in: Option<u64>,
 }
 
 /// One configured provider and what we have learnt about it.
@@ -294,17 +299,46 @@ impl Provider {
         code: &str,
         verifier: &str,
     ) -> Result<TokenResponse, ProviderError> {
+        self.token_request(
+            d,
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", code),
+                ("redirect_uri", &self.redirect_uri),
+                ("code_verifier", verifier),
+            ],
+        )
+        .await
+    }
+
+    /// Uses a refresh token (OpenID Connect Core §12).
+    pub async fn refresh_tokens(
+        &self,
+        d: &Discovered,
+        refresh_token: &str,
+    ) -> Result<TokenResponse, ProviderError> {
+        self.token_request(
+            d,
+            &[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", refresh_token),
+            ],
+        )
+        .await
+    }
+
+    /// A request to the token endpoint, authenticated as our client.
+    async fn token_request(
+        &self,
+        d: &Discovered,
+        params: &[(&str, &str)],
+    ) -> Result<TokenResponse, ProviderError> {
         let client = self
             .spec
             .client
             .as_ref()
             .ok_or_else(|| ProviderError::Invalid("provider has no client".into()))?;
-        let mut form: Vec<(&str, &str)> = vec![
-            ("grant_type", "authorization_code"),
-            ("code", code),
-            ("redirect_uri", &self.redirect_uri),
-            ("code_verifier", verifier),
-        ];
+        let mut form: Vec<(&str, &str)> = params.to_vec();
         let mut req = self.http.post(&d.token_endpoint);
         if d.secret_in_body {
             form.push(("client_id", &client.client_id));
@@ -357,7 +391,7 @@ impl Provider {
 
 /// The HTTP client for providers: no redirects (a provider endpoint that redirects is
 /// misconfigured, and following could be steered elsewhere), short timeouts.
-fn http_client() -> Result<reqwest::Client, String> {
+pub fn http_client() -> Result<reqwest::Client, String> {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(Duration::from_secs(3))

@@ -38,7 +38,15 @@ pub async fn validate_id_token(
         .map(|c| c.client_id.as_str())
         .ok_or("provider-unavailable")?;
     let header = jsonwebtoken::decode_header(raw).map_err(|_| malformed_reason(raw))?;
-    let claims = verify(provider, raw, &header, &d.id_token_algorithms, client_id).await?;
+    let claims = verify(
+        provider,
+        raw,
+        &header,
+        &d.id_token_algorithms,
+        client_id,
+        TOKEN_CLAIMS,
+    )
+    .await?;
     check_times(&claims, now_s, true)?;
     // OpenID Connect Core §3.1.3.7 (4, 5): with several audiences the token must say who
     // it was issued to, and `azp`, when present, must be us.
@@ -95,6 +103,7 @@ pub async fn validate_access_token<'p>(
         &header,
         &provider.spec.algorithms,
         rules.audience,
+        TOKEN_CLAIMS,
     )
     .await?;
     check_times(&claims, now_s, false)?;
@@ -115,14 +124,25 @@ pub async fn validate_access_token<'p>(
     Ok((provider, claims))
 }
 
-/// Signature, algorithm, `iss`, `aud` (and that `sub` and `exp` exist), for a token
-/// whose `header` the caller has decoded.
+/// Claims ID and access tokens must have.
+const TOKEN_CLAIMS: &[&str] = &["iss", "aud", "sub", "exp"];
+/// Claims a logout token must have (`sub` or `sid` is checked on its own).
+const LOGOUT_TOKEN_CLAIMS: &[&str] = &["iss", "aud", "iat"];
+/// The event a back-channel logout token carries.
+pub const BACKCHANNEL_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
+/// Oldest logout token accepted (by `iat`); a used `jti` is remembered this long plus
+/// the leeway, so a token can never be replayed while it would still be accepted.
+pub const LOGOUT_TOKEN_MAX_AGE_SECS: u64 = 300;
+
+/// Signature, algorithm, `iss`, `aud`, that `required` claims exist, and the shape of
+/// `sub` when present, for a token whose `header` the caller has decoded.
 async fn verify(
     provider: &Provider,
     raw: &str,
     header: &jsonwebtoken::Header,
     algorithms: &[Algorithm],
     audience: &str,
+    required: &[&str],
 ) -> Result<Claims, &'static str> {
     if !algorithms.contains(&header.alg) {
         return Err("token-alg-not-allowed");
@@ -147,7 +167,7 @@ async fn verify(
     v.algorithms = vec![header.alg];
     v.set_issuer(&[provider.spec.issuer.as_str()]);
     v.set_audience(&[audience]);
-    v.set_required_spec_claims(&["iss", "aud", "sub", "exp"]);
+    v.set_required_spec_claims(required);
     // Times are ours to check, on our clock (see check_times).
     v.validate_exp = false;
     v.validate_nbf = false;
@@ -162,11 +182,132 @@ async fn verify(
         _ => "token-malformed",
     })?;
     let claims = data.claims;
-    match claims.get("sub").and_then(Value::as_str) {
-        Some(s) if !s.is_empty() && s.len() <= 255 => {}
+    match claims.get("sub").map(Value::as_str) {
+        Some(Some(s)) if !s.is_empty() && s.len() <= 255 => {}
+        None if !required.contains(&"sub") => {}
         _ => return Err("token-claim-missing"),
     }
     Ok(claims)
+}
+
+/// Checks an ID token returned by a refresh (OpenID Connect Core §12.2): signed by the
+/// provider, for us, current, and about the same `sub` as the session's.
+pub async fn validate_refreshed_id_token(
+    provider: &Provider,
+    raw: &str,
+    subject: &str,
+    now_s: u64,
+) -> Result<Claims, &'static str> {
+    let d = provider.discovered().ok_or("provider-unavailable")?;
+    let client_id = provider
+        .spec
+        .client
+        .as_ref()
+        .map(|c| c.client_id.as_str())
+        .ok_or("provider-unavailable")?;
+    let header = jsonwebtoken::decode_header(raw).map_err(|_| malformed_reason(raw))?;
+    let claims = verify(
+        provider,
+        raw,
+        &header,
+        &d.id_token_algorithms,
+        client_id,
+        TOKEN_CLAIMS,
+    )
+    .await?;
+    check_times(&claims, now_s, true)?;
+    if claims.get("sub").and_then(Value::as_str) != Some(subject) {
+        return Err("token-subject-changed");
+    }
+    Ok(claims)
+}
+
+/// Checks a back-channel logout token (OpenID Connect Back-Channel Logout 1.0 §2.6)
+/// from whichever of `providers` issued it: signature with that provider's ID token
+/// algorithms and keys, `iss`, `aud` = our client id, `iat` (not in the future, not
+/// older than [`LOGOUT_TOKEN_MAX_AGE_SECS`]), `exp` when present, a `jti`, the
+/// back-channel event, `sub` or `sid`, and no `nonce` (so an ID token is refused).
+/// Replay of the `jti` is the caller's to check, in the shared store.
+pub async fn validate_logout_token<'p>(
+    providers: &[&'p Provider],
+    raw: &str,
+    now_s: u64,
+) -> Result<(&'p Provider, Claims), &'static str> {
+    let header = jsonwebtoken::decode_header(raw).map_err(|_| malformed_reason(raw))?;
+    // §2.4 recommends `typ: logout+jwt`; a token explicitly typed as something else
+    // (an access token, an ID token) is not a logout token.
+    if let Some(typ) = header.typ.as_deref() {
+        let t = typ.to_ascii_lowercase();
+        if !matches!(
+            t.as_str(),
+            "jwt" | "logout+jwt" | "application/logout+jwt"
+        ) {
+            return Err("token-type-invalid");
+        }
+    }
+    let unverified: Claims = jsonwebtoken::dangerous::insecure_decode::<Claims>(raw)
+        .map_err(|_| "token-malformed")?
+        .claims;
+    let iss = unverified
+        .get("iss")
+        .and_then(Value::as_str)
+        .ok_or("token-issuer-mismatch")?;
+    let provider = *providers
+        .iter()
+        .find(|p| p.spec.issuer == iss && p.spec.client.is_some())
+        .ok_or("token-issuer-mismatch")?;
+    let d = provider.discovered().ok_or("provider-unavailable")?;
+    let client_id = provider
+        .spec
+        .client
+        .as_ref()
+        .map(|c| c.client_id.as_str())
+        .ok_or("token-issuer-mismatch")?;
+    let claims = verify(
+        provider,
+        raw,
+        &header,
+        &d.id_token_algorithms,
+        client_id,
+        LOGOUT_TOKEN_CLAIMS,
+    )
+    .await?;
+    let num = |k: &str| claims.get(k).and_then(Value::as_f64);
+    let iat = num("iat").ok_or("token-iat-invalid")?;
+    if iat > (now_s + LEEWAY_SECS) as f64
+        || iat + ((LOGOUT_TOKEN_MAX_AGE_SECS + LEEWAY_SECS) as f64) < now_s as f64
+    {
+        return Err("token-iat-invalid");
+    }
+    if let Some(exp) = num("exp") {
+        if (now_s as f64) > exp + LEEWAY_SECS as f64 {
+            return Err("token-expired");
+        }
+    }
+    if claims.contains_key("nonce") {
+        return Err("logout-token-nonce-present");
+    }
+    let event_ok = claims
+        .get("events")
+        .and_then(Value::as_object)
+        .and_then(|e| e.get(BACKCHANNEL_EVENT))
+        .is_some_and(Value::is_object);
+    if !event_ok {
+        return Err("logout-token-event-missing");
+    }
+    let text = |k: &str| {
+        claims
+            .get(k)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty() && s.len() <= 512)
+    };
+    if text("sub").is_none() && text("sid").is_none() {
+        return Err("logout-token-subject-missing");
+    }
+    if text("jti").is_none() {
+        return Err("logout-token-jti-missing");
+    }
+    Ok((provider, claims))
 }
 
 /// `exp` (required), `nbf` (when present) and `iat` (required for ID tokens, never in

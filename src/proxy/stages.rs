@@ -294,8 +294,7 @@ async fn answer(
                 .as_ref()
                 .map(|t| t.normalized.forward_target())
                 .unwrap_or_else(|| "/".into());
-            let provider = route.identity.providers.first().map(String::as_str);
-            let location = endpoints::login_url(&ctx.rt, provider, &return_to);
+            let location = endpoints::login_url(&ctx.rt, route, &return_to);
             let mut h = ResponseHeader::build(302, Some(6))?;
             h.insert_header(header::LOCATION, location)?;
             h.insert_header(header::CONTENT_LENGTH, "0")?;
@@ -457,6 +456,13 @@ fn inject_identity(
     for (name, template) in &route.headers {
         if let Some(v) = template.render(id) {
             up.insert_header(name.clone(), v)?;
+        }
+    }
+    if route.identity.forward_access_token {
+        // The client's own Authorization never reaches an upstream that expects ours.
+        up.remove_header(&header::AUTHORIZATION);
+        if let Some(t) = ctx.rt.sessions.token(id, crate::session::TokenKind::Access) {
+            up.insert_header(header::AUTHORIZATION, format!("Bearer {t}"))?;
         }
     }
     if route.identity.assertion {

@@ -6,7 +6,10 @@
 //! | `s:{<id-hash>}` | one session, addressed by the SHA-256 of its cookie id |
 //! | `u:{<user-hash>}:sessions` | the user's index: session id hashes scored by expiry |
 //! | `u:{<user-hash>}:<name>` | any other per-user state, in the user's slot |
+//! | `p:{<sid-hash>}:sessions` | sessions a provider session (`sid`) made, for back-channel logout |
+//! | `{all}:sessions` | every session, scored by when it lapses (counting) |
 //! | `l:{<state-hash>}` | short-lived login state (single use) |
+//! | `jti:{<hash>}` | a logout token already used (replay) |
 //! | `lock:{<name>}` | a lock |
 
 /// Lower-case hex of a digest; ids and user keys are only ever stored hashed.
@@ -36,6 +39,17 @@ pub fn user_sessions(user_hash: &str) -> String {
 
 pub fn user_key(user_hash: &str, name: &str) -> String {
     format!("u:{{{user_hash}}}:{name}")
+}
+
+pub fn provider_sessions(sid_hash: &str) -> String {
+    format!("p:{{{sid_hash}}}:sessions")
+}
+
+/// The index of every session.
+pub const ALL_SESSIONS: &str = "{all}:sessions";
+
+pub fn used_token(hash: &str) -> String {
+    format!("jti:{{{hash}}}")
 }
 
 pub fn login_state(state_hash: &str) -> String {

@@ -4,6 +4,7 @@
 //! so that they can be listed and ended together.
 
 use super::keys;
+use super::sealing::Sealer;
 use super::store::{SessionStore, StoreError};
 use crate::clock::Clock;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -61,7 +62,7 @@ impl std::fmt::Debug for SessionId {
 }
 
 /// A signed-in user's session as stored.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Session {
     /// The provider (from config) that authenticated the user.
     pub provider: String,
@@ -80,6 +81,40 @@ pub struct Session {
     /// Where and with what the user signed in, for risk signals.
     pub client_ip: Option<String>,
     pub user_agent: Option<String>,
+    /// The population the user was placed in at sign-in (first that matched).
+    #[serde(default)]
+    pub population: Option<String>,
+    /// The provider's session id (`sid` in the ID token), for back-channel logout.
+    #[serde(default)]
+    pub sid: Option<String>,
+    /// The provider's tokens, sealed (see [`super::sealing`]); kept only when needed.
+    #[serde(default)]
+    pub tokens: Option<SealedTokens>,
+    /// The anti-forgery token of this session's forms (logout, ending sessions).
+    #[serde(default)]
+    pub csrf: String,
+}
+
+/// The provider's tokens of a session, each sealed for this user and kind.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct SealedTokens {
+    #[serde(default)]
+    pub id_token: Option<String>,
+    #[serde(default)]
+    pub access_token: Option<String>,
+    #[serde(default)]
+    pub refresh_token: Option<String>,
+    /// When the access token expires (Unix ms), if the provider said.
+    #[serde(default)]
+    pub access_expires_ms: Option<u64>,
+}
+
+/// Which token, as the sealing context names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenKind {
+    Id,
+    Access,
+    Refresh,
 }
 
 impl Session {
@@ -88,6 +123,23 @@ impl Session {
     pub fn user_key(&self) -> String {
         user_key(&self.issuer, &self.subject)
     }
+
+    /// The user as one string that cannot collide across providers: `provider:sub`
+    /// (provider ids contain no `:`).
+    pub fn namespaced_user(&self) -> String {
+        format!("{}:{}", self.provider, self.subject)
+    }
+}
+
+/// The public handle of a stored session (shown to its user and to operators): derived
+/// from the store key, so it names a session without being its key or its cookie.
+pub fn handle(id_hash: &str) -> String {
+    keys::sha256_hex(format!("handle:{id_hash}").as_bytes())[..32].to_string()
+}
+
+/// The key of the index of sessions a provider session (`sid`) made.
+pub fn sid_key(issuer: &str, sid: &str) -> String {
+    keys::sha256_hex(format!("{}:{issuer}|{sid}", issuer.len()).as_bytes())
 }
 
 /// The key of a user (issuer + subject), hashed.
@@ -106,6 +158,14 @@ pub struct SessionTimeouts {
     /// `last_seen` is written back at most this often, so busy sessions do not cost a
     /// store write per request.
     pub touch_every: Duration,
+}
+
+/// Timeouts and limits of one population's sessions.
+#[derive(Debug, Clone)]
+pub struct PopulationRules {
+    pub name: String,
+    pub timeouts: SessionTimeouts,
+    pub max_sessions: Option<u32>,
 }
 
 /// Why a presented session is not valid.
@@ -133,6 +193,15 @@ pub struct SessionManager {
     store: Arc<dyn SessionStore>,
     clock: Arc<dyn Clock>,
     timeouts: SessionTimeouts,
+    populations: Vec<PopulationRules>,
+    sealer: Option<Arc<Sealer>>,
+}
+
+/// A new session, and the sessions ended to make room for it.
+pub struct Created {
+    pub id: SessionId,
+    pub session: Session,
+    pub evicted: usize,
 }
 
 impl SessionManager {
@@ -145,47 +214,125 @@ impl SessionManager {
             store,
             clock,
             timeouts,
+            populations: Vec::new(),
+            sealer: None,
         }
+    }
+
+    /// Per-population timeouts and limits; sessions without a population (or of one
+    /// not listed) use the defaults.
+    pub fn with_populations(mut self, populations: Vec<PopulationRules>) -> Self {
+        self.populations = populations;
+        self
+    }
+
+    /// The keys sealing provider tokens; without them no token is kept.
+    pub fn with_sealer(mut self, sealer: Option<Arc<Sealer>>) -> Self {
+        self.sealer = sealer;
+        self
     }
 
     pub fn store(&self) -> &Arc<dyn SessionStore> {
         &self.store
     }
 
-    /// How long the stored record should live from `now`: the sooner of the idle and the
-    /// absolute deadline, plus [`EXPIRY_GRACE`].
-    fn remaining(&self, s: &Session, now: u64) -> Option<Duration> {
-        let idle_end = now.saturating_add(self.timeouts.idle.as_millis() as u64);
-        let abs_end = s
-            .created_ms
-            .saturating_add(self.timeouts.absolute.as_millis() as u64);
-        let end = idle_end.min(abs_end);
-        (end > now).then(|| Duration::from_millis(end - now) + EXPIRY_GRACE)
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// True when tokens can be kept (keys are configured or generated).
+    pub fn can_keep_tokens(&self) -> bool {
+        self.sealer.is_some()
+    }
+
+    /// Seals `token` for this session's user.
+    pub fn seal(&self, s: &Session, kind: TokenKind, token: &str) -> Option<String> {
+        self.sealer.as_ref()?.seal(token, &seal_context(s, kind))
+    }
+
+    /// The session's token of `kind`, opened; `None` when absent or unreadable (sealed
+    /// by a key no longer configured).
+    pub fn token(&self, s: &Session, kind: TokenKind) -> Option<String> {
+        let t = s.tokens.as_ref()?;
+        let sealed = match kind {
+            TokenKind::Id => t.id_token.as_deref(),
+            TokenKind::Access => t.access_token.as_deref(),
+            TokenKind::Refresh => t.refresh_token.as_deref(),
+        }?;
+        self.sealer.as_ref()?.open(sealed, &seal_context(s, kind))
+    }
+
+    fn rules(&self, s: &Session) -> (SessionTimeouts, Option<u32>) {
+        s.population
+            .as_deref()
+            .and_then(|p| self.populations.iter().find(|r| r.name == p))
+            .map_or((self.timeouts, None), |r| (r.timeouts, r.max_sessions))
+    }
+
+    /// The idle and absolute deadlines (Unix ms) of `s` as of `now`.
+    fn deadlines(&self, s: &Session, now: u64) -> (u64, u64) {
+        let (t, _) = self.rules(s);
+        (
+            now.saturating_add(t.idle.as_millis() as u64),
+            s.created_ms.saturating_add(t.absolute.as_millis() as u64),
+        )
     }
 
     async fn write(&self, id_hash: &str, s: &Session, now: u64) -> Result<(), StoreError> {
-        let Some(ttl) = self.remaining(s, now) else {
+        let (idle_end, abs_end) = self.deadlines(s, now);
+        let end = idle_end.min(abs_end);
+        if end <= now {
             return Ok(());
-        };
+        }
+        // The record outlives its deadline a little, so that the manager, not the
+        // store's expiry, finds it ended and can say why.
+        let ttl = Duration::from_millis(end - now) + EXPIRY_GRACE;
         let bytes = serde_json::to_vec(s).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         self.store.put(&keys::session(id_hash), &bytes, ttl).await?;
-        let abs_end = s
-            .created_ms
-            .saturating_add(self.timeouts.absolute.as_millis() as u64);
         self.store
             .index_add(&keys::user_sessions(&s.user_key()), id_hash, abs_end)
+            .await?;
+        if let Some(sid) = &s.sid {
+            self.store
+                .index_add(
+                    &keys::provider_sessions(&sid_key(&s.issuer, sid)),
+                    id_hash,
+                    abs_end,
+                )
+                .await?;
+        }
+        self.store
+            .index_add(keys::ALL_SESSIONS, id_hash, end)
             .await
     }
 
     /// Stores a new session under a fresh id. Any id the browser had before is not reused:
-    /// a cookie present before login never becomes valid (no session fixation).
-    pub async fn create(&self, mut s: Session) -> Result<(SessionId, Session), StoreError> {
+    /// a cookie present before login never becomes valid (no session fixation). When the
+    /// user's population limits concurrent sessions, the oldest are ended to make room.
+    pub async fn create(&self, mut s: Session) -> Result<Created, StoreError> {
         let now = self.clock.now_ms();
         s.created_ms = now;
         s.last_seen_ms = now;
+        if s.csrf.is_empty() {
+            s.csrf = SessionId::generate().0;
+        }
+        let mut evicted = 0;
+        if let (_, Some(max)) = self.rules(&s) {
+            let existing = self.list_user(&s.user_key()).await?;
+            let excess = (existing.len() + 1).saturating_sub(max as usize);
+            for (hash, old) in existing.iter().take(excess) {
+                if self.remove(hash, old).await? {
+                    evicted += 1;
+                }
+            }
+        }
         let id = SessionId::generate();
         self.write(&id.hash(), &s, now).await?;
-        Ok((id, s))
+        Ok(Created {
+            id,
+            session: s,
+            evicted,
+        })
     }
 
     /// The live session for `id`, after the timeout checks. Ended sessions are removed.
@@ -202,9 +349,10 @@ impl SessionManager {
             return Ok(Err(Ended::Unknown));
         };
         let now = self.clock.now_ms();
-        let ended = if now >= s.created_ms + self.timeouts.absolute.as_millis() as u64 {
+        let (t, _) = self.rules(&s);
+        let ended = if now >= s.created_ms + t.absolute.as_millis() as u64 {
             Some(Ended::AbsoluteTimeout)
-        } else if now >= s.last_seen_ms + self.timeouts.idle.as_millis() as u64 {
+        } else if now >= s.last_seen_ms + t.idle.as_millis() as u64 {
             Some(Ended::IdleTimeout)
         } else {
             None
@@ -213,11 +361,21 @@ impl SessionManager {
             self.remove(&hash, &s).await?;
             return Ok(Err(reason));
         }
-        if now >= s.last_seen_ms + self.timeouts.touch_every.as_millis() as u64 {
+        if now >= s.last_seen_ms + t.touch_every.as_millis() as u64 {
             s.last_seen_ms = now;
             self.write(&hash, &s, now).await?;
         }
         Ok(Ok(s))
+    }
+
+    /// The stored session for `id` as it is, without timeout checks or touching it
+    /// (for a request waiting on another's update).
+    pub async fn peek(&self, id: &SessionId) -> Result<Option<Session>, StoreError> {
+        Ok(self
+            .store
+            .get(&keys::session(&id.hash()))
+            .await?
+            .and_then(|b| serde_json::from_slice(&b).ok()))
     }
 
     /// Moves the session to a new id (at step-up, or any privilege change); the old id
@@ -239,26 +397,82 @@ impl SessionManager {
         self.write(&id.hash(), s, self.clock.now_ms()).await
     }
 
-    /// Ends the session; true when there was one.
-    pub async fn destroy(&self, id: &SessionId) -> Result<bool, StoreError> {
-        let hash = id.hash();
-        let key = keys::session(&hash);
-        let Some(bytes) = self.store.take(&key).await? else {
-            return Ok(false);
-        };
-        if let Ok(s) = serde_json::from_slice::<Session>(&bytes) {
-            self.store
-                .index_remove(&keys::user_sessions(&s.user_key()), &hash)
-                .await?;
-        }
-        Ok(true)
+    /// Ends the session; the session it was, when there was one.
+    pub async fn destroy(&self, id: &SessionId) -> Result<Option<Session>, StoreError> {
+        self.destroy_hash(&id.hash()).await
     }
 
-    async fn remove(&self, hash: &str, s: &Session) -> Result<(), StoreError> {
-        self.store.delete(&keys::session(hash)).await?;
+    /// Ends the session stored under `hash`; the session it was, when there was one.
+    pub async fn destroy_hash(&self, hash: &str) -> Result<Option<Session>, StoreError> {
+        let Some(bytes) = self.store.take(&keys::session(hash)).await? else {
+            self.store.index_remove(keys::ALL_SESSIONS, hash).await?;
+            return Ok(None);
+        };
+        match serde_json::from_slice::<Session>(&bytes) {
+            Ok(s) => {
+                self.unindex(hash, &s).await?;
+                Ok(Some(s))
+            }
+            Err(_) => {
+                self.store.index_remove(keys::ALL_SESSIONS, hash).await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Removes the record and its index entries; true when the record was still there.
+    async fn remove(&self, hash: &str, s: &Session) -> Result<bool, StoreError> {
+        let removed = self.store.delete(&keys::session(hash)).await?;
+        self.unindex(hash, s).await?;
+        Ok(removed)
+    }
+
+    async fn unindex(&self, hash: &str, s: &Session) -> Result<(), StoreError> {
         self.store
             .index_remove(&keys::user_sessions(&s.user_key()), hash)
+            .await?;
+        if let Some(sid) = &s.sid {
+            self.store
+                .index_remove(&keys::provider_sessions(&sid_key(&s.issuer, sid)), hash)
+                .await?;
+        }
+        self.store.index_remove(keys::ALL_SESSIONS, hash).await
+    }
+
+    /// Sessions live in the store now (across every gateway sharing it), give or take
+    /// idle sessions not yet noticed within one `touch_every`.
+    pub async fn count_active(&self) -> Result<u64, StoreError> {
+        self.store
+            .index_count(keys::ALL_SESSIONS, self.clock.now_ms())
             .await
+    }
+
+    /// Ends the sessions a provider session made (back-channel logout by `sid`), only
+    /// those of `subject` when given. Returns the sessions ended.
+    pub async fn destroy_provider_session(
+        &self,
+        issuer: &str,
+        sid: &str,
+        subject: Option<&str>,
+    ) -> Result<Vec<Session>, StoreError> {
+        let index = keys::provider_sessions(&sid_key(issuer, sid));
+        let mut ended = Vec::new();
+        for hash in self.store.index_members(&index, 0).await? {
+            let Some(bytes) = self.store.get(&keys::session(&hash)).await? else {
+                self.store.index_remove(&index, &hash).await?;
+                continue;
+            };
+            let Ok(s) = serde_json::from_slice::<Session>(&bytes) else {
+                continue;
+            };
+            if s.issuer != issuer || subject.is_some_and(|sub| sub != s.subject) {
+                continue;
+            }
+            if let Some(s) = self.destroy_hash(&hash).await? {
+                ended.push(s);
+            }
+        }
+        Ok(ended)
     }
 
     /// The user's live sessions as (id hash, session), oldest first.
@@ -282,18 +496,27 @@ impl SessionManager {
     }
 
     /// Ends every session of the user (the response to an account takeover); returns
-    /// how many were ended.
-    pub async fn destroy_user(&self, user_key: &str) -> Result<usize, StoreError> {
+    /// the sessions ended.
+    pub async fn destroy_user(&self, user_key: &str) -> Result<Vec<Session>, StoreError> {
         let index = keys::user_sessions(user_key);
-        let mut n = 0;
+        let mut ended = Vec::new();
         for hash in self.store.index_members(&index, 0).await? {
-            if self.store.delete(&keys::session(&hash)).await? {
-                n += 1;
+            match self.destroy_hash(&hash).await? {
+                Some(s) => ended.push(s),
+                None => self.store.index_remove(&index, &hash).await?,
             }
-            self.store.index_remove(&index, &hash).await?;
         }
-        Ok(n)
+        Ok(ended)
     }
+}
+
+fn seal_context(s: &Session, kind: TokenKind) -> String {
+    let k = match kind {
+        TokenKind::Id => "id",
+        TokenKind::Access => "access",
+        TokenKind::Refresh => "refresh",
+    };
+    format!("{}|{k}", s.user_key())
 }
 
 #[cfg(test)]
@@ -303,6 +526,10 @@ mod tests {
     use crate::session::MemoryStore;
 
     const MIN: Duration = Duration::from_secs(60);
+
+    fn pair(c: Created) -> (SessionId, Session) {
+        (c.id, c.session)
+    }
 
     fn setup() -> (SessionManager, FakeClock, Arc<MemoryStore>) {
         let clock = FakeClock::new();
@@ -332,6 +559,7 @@ mod tests {
             last_seen_ms: 0,
             client_ip: Some("203.0.113.7".into()),
             user_agent: Some("test".into()),
+            ..Session::default()
         }
     }
 
@@ -363,7 +591,7 @@ mod tests {
     #[tokio::test]
     async fn the_store_is_keyed_by_a_hash_of_the_id() {
         let (m, _, store) = setup();
-        let (id, _) = m.create(alice()).await.unwrap();
+        let (id, _) = pair(m.create(alice()).await.unwrap());
         assert!(store
             .get(&keys::session(id.as_cookie_value()))
             .await
@@ -379,7 +607,7 @@ mod tests {
     #[tokio::test]
     async fn idle_sessions_end_and_active_ones_are_kept_alive() {
         let (m, clock, _) = setup();
-        let (id, _) = m.create(alice()).await.unwrap();
+        let (id, _) = pair(m.create(alice()).await.unwrap());
         for _ in 0..5 {
             clock.advance(20 * MIN);
             assert!(
@@ -399,7 +627,7 @@ mod tests {
     #[tokio::test]
     async fn absolute_timeout_ends_even_busy_sessions() {
         let (m, clock, _) = setup();
-        let (id, _) = m.create(alice()).await.unwrap();
+        let (id, _) = pair(m.create(alice()).await.unwrap());
         let mut last = Ok(alice());
         for _ in 0..(12 * 60 / 20 + 1) {
             clock.advance(20 * MIN);
@@ -414,7 +642,7 @@ mod tests {
     #[tokio::test]
     async fn rotation_invalidates_the_old_id_and_keeps_the_session() {
         let (m, clock, _) = setup();
-        let (old, created) = m.create(alice()).await.unwrap();
+        let (old, created) = pair(m.create(alice()).await.unwrap());
         clock.advance(MIN);
         let new = m.rotate(&old).await.unwrap().unwrap();
         assert_eq!(m.load(&old).await.unwrap(), Err(Ended::Unknown));
@@ -431,21 +659,21 @@ mod tests {
     #[tokio::test]
     async fn a_users_sessions_can_be_listed_and_ended_together() {
         let (m, clock, _) = setup();
-        let (a, _) = m.create(alice()).await.unwrap();
+        let (a, _) = pair(m.create(alice()).await.unwrap());
         clock.advance(MIN);
-        let (b, s) = m.create(alice()).await.unwrap();
+        let (b, s) = pair(m.create(alice()).await.unwrap());
         let mut bob = alice();
         bob.subject = "bob".into();
-        let (c, _) = m.create(bob).await.unwrap();
+        let (c, _) = pair(m.create(bob).await.unwrap());
         let listed = m.list_user(&s.user_key()).await.unwrap();
         assert_eq!(
             listed.iter().map(|(h, _)| h.clone()).collect::<Vec<_>>(),
             [a.hash(), b.hash()]
         );
-        assert!(m.destroy(&a).await.unwrap());
-        assert!(!m.destroy(&a).await.unwrap());
+        assert!(m.destroy(&a).await.unwrap().is_some());
+        assert!(m.destroy(&a).await.unwrap().is_none());
         assert_eq!(m.list_user(&s.user_key()).await.unwrap().len(), 1);
-        assert_eq!(m.destroy_user(&s.user_key()).await.unwrap(), 1);
+        assert_eq!(m.destroy_user(&s.user_key()).await.unwrap().len(), 1);
         assert_eq!(m.load(&b).await.unwrap(), Err(Ended::Unknown));
         assert!(
             m.load(&c).await.unwrap().is_ok(),
@@ -476,7 +704,7 @@ mod tests {
     #[tokio::test]
     async fn last_seen_is_written_back_at_most_once_a_minute() {
         let (m, clock, store) = setup();
-        let (id, s) = m.create(alice()).await.unwrap();
+        let (id, s) = pair(m.create(alice()).await.unwrap());
         clock.advance(Duration::from_secs(10));
         m.load(&id).await.unwrap().unwrap();
         let raw = store

@@ -182,6 +182,19 @@ impl SessionStore for MemoryStore {
         Ok(members.into_iter().map(|(_, k)| k).collect())
     }
 
+    async fn index_count(&self, key: &str, now_ms: u64) -> Result<u64, StoreError> {
+        let mut inner = self.lock();
+        let Some(m) = inner.indexes.get_mut(key) else {
+            return Ok(0);
+        };
+        m.retain(|_, exp| *exp > now_ms);
+        let n = m.len() as u64;
+        if n == 0 {
+            inner.indexes.remove(key);
+        }
+        Ok(n)
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
     }

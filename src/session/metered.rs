@@ -66,6 +66,9 @@ impl SessionStore for Metered {
     async fn index_members(&self, key: &str, now_ms: u64) -> Result<Vec<String>, StoreError> {
         self.note("index", self.inner.index_members(key, now_ms).await)
     }
+    async fn index_count(&self, key: &str, now_ms: u64) -> Result<u64, StoreError> {
+        self.note("index", self.inner.index_count(key, now_ms).await)
+    }
     async fn ping(&self) -> Result<(), StoreError> {
         self.note("ping", self.inner.ping().await)
     }

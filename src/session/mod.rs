@@ -16,9 +16,14 @@ mod manager;
 mod memory;
 mod metered;
 mod redis_store;
+mod sealing;
 mod store;
 
-pub use manager::{user_key, Ended, Session, SessionId, SessionManager, SessionTimeouts};
+pub use manager::{
+    handle, sid_key, user_key, Created, Ended, PopulationRules, SealedTokens, Session, SessionId,
+    SessionManager, SessionTimeouts, TokenKind,
+};
+pub use sealing::{Sealer, SealingKey};
 pub use memory::MemoryStore;
 pub use metered::Metered;
 pub use redis_store::{RedisStore, RedisStoreConfig};

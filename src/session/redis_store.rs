@@ -190,6 +190,19 @@ impl SessionStore for RedisStore {
         Ok(members)
     }
 
+    async fn index_count(&self, key: &str, now_ms: u64) -> Result<u64, StoreError> {
+        let mut c = self.conn().await?;
+        let k = self.key(key);
+        let (_, n): (i64, u64) = redis::pipe()
+            .atomic()
+            .zrembyscore(&k, "-inf", now_ms)
+            .zcard(&k)
+            .query_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        Ok(n)
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         let mut c = self.conn().await?;
         let _: String = redis::cmd("PING")

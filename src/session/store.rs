@@ -59,6 +59,9 @@ pub trait SessionStore: Send + Sync + 'static {
     /// pruned.
     async fn index_members(&self, key: &str, now_ms: u64) -> Result<Vec<String>, StoreError>;
 
+    /// How many members are not yet expired at `now_ms`; expired ones are pruned.
+    async fn index_count(&self, key: &str, now_ms: u64) -> Result<u64, StoreError>;
+
     /// Cheap liveness check for readiness probes.
     async fn ping(&self) -> Result<(), StoreError>;
 }

@@ -1,0 +1,352 @@
+//! `login` (with the provider chooser and home-realm discovery) and `callback`.
+
+use super::pages::{self, Choice};
+use super::{error, redirect, Outcome};
+use crate::config::{AuthMode, ProviderSpec};
+use crate::cookies;
+use crate::oidc::flow::{self, CallbackParams, StartOptions};
+use crate::policy;
+use crate::proxy::RequestCtx;
+use crate::runtime::Runtime;
+use crate::session::{SealedTokens, SessionId, TokenKind};
+use http::header;
+use pingora::proxy::Session;
+
+/// Longest email accepted for home-realm discovery (RFC 5321 path limit).
+const MAX_EMAIL: usize = 254;
+
+/// The login request's parameters (the first of each; repeats are ignored).
+#[derive(Default)]
+struct LoginParams {
+    rd: Option<String>,
+    provider: Option<String>,
+    route: Option<String>,
+    email: Option<String>,
+}
+
+impl LoginParams {
+    fn parse(query: &str) -> LoginParams {
+        let mut p = LoginParams::default();
+        for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+            let slot = match k.as_ref() {
+                "rd" => &mut p.rd,
+                "provider" => &mut p.provider,
+                "route" => &mut p.route,
+                "email" => &mut p.email,
+                _ => continue,
+            };
+            if slot.is_none() {
+                *slot = Some(v.into_owned());
+            }
+        }
+        p
+    }
+}
+
+/// The domain of a plausible email address, lower case.
+fn email_domain(email: &str) -> Option<String> {
+    if email.len() > MAX_EMAIL || email.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return None;
+    }
+    let (local, domain) = email.rsplit_once('@')?;
+    (!local.is_empty() && domain.contains('.') && !domain.starts_with('.') && !domain.ends_with('.'))
+        .then(|| domain.to_ascii_lowercase())
+}
+
+pub async fn login(session: &Session, rt: &Runtime, query: &str) -> Outcome {
+    let params = LoginParams::parse(query);
+    let return_to = flow::safe_return_path(params.rd.as_deref().unwrap_or("/"));
+    // The providers that may satisfy the route the user was sent from, in its order;
+    // without a (known) route, every provider with a client, in gateway.yaml's order.
+    let route = params.route.as_deref().and_then(|name| {
+        rt.routes.iter().find(|r| {
+            &*r.name == name && matches!(r.auth, AuthMode::Login | AuthMode::LoginOrBearer)
+        })
+    });
+    let candidates: Vec<&ProviderSpec> = match route {
+        Some(r) => r
+            .identity
+            .providers
+            .iter()
+            .filter_map(|id| rt.config.providers.iter().find(|p| &p.id == id))
+            .filter(|p| p.client.is_some())
+            .collect(),
+        None => rt
+            .config
+            .providers
+            .iter()
+            .filter(|p| p.client.is_some())
+            .collect(),
+    };
+    if candidates.is_empty() {
+        return error(404, "no-login-provider");
+    }
+    let chooser = |notice: Option<&str>| {
+        let choices: Vec<Choice<'_>> = candidates
+            .iter()
+            .map(|p| Choice {
+                id: &p.id,
+                name: &p.display_name,
+            })
+            .collect();
+        pages::chooser(
+            &choices,
+            candidates.iter().any(|p| !p.domains.is_empty()),
+            &return_to,
+            route.map(|r| &*r.name),
+            notice,
+        )
+    };
+    let mut hint = None;
+    let chosen: &ProviderSpec = if let Some(id) = &params.provider {
+        // A provider named outright (a link, or the chooser's button) must be one the
+        // route accepts.
+        match candidates.iter().find(|p| &p.id == id) {
+            Some(p) => p,
+            None => return error(400, "provider-unknown"),
+        }
+    } else if let Some(email) = params.email.as_deref().map(str::trim) {
+        let Some(domain) = email_domain(email) else {
+            return chooser(Some("Enter a valid email address, or choose below."));
+        };
+        hint = Some(email);
+        let by_domain = candidates.iter().find(|p| p.domains.contains(&domain));
+        let general: Vec<&&ProviderSpec> =
+            candidates.iter().filter(|p| p.domains.is_empty()).collect();
+        match (by_domain, general.as_slice()) {
+            (Some(p), _) => p,
+            // No organisation claims the domain: the one general provider takes it.
+            (None, [only]) => only,
+            (None, _) => {
+                return chooser(Some(
+                    "We could not tell where addresses at that domain sign in. Choose below.",
+                ))
+            }
+        }
+    } else {
+        match candidates.as_slice() {
+            [only] => only,
+            _ => return chooser(None),
+        }
+    };
+    let Some(provider) = rt.providers.get(&chosen.id) else {
+        return error(400, "provider-unknown");
+    };
+    if provider.discovered().is_none() {
+        // Not yet discovered (a provider that just came up): one more try now, within
+        // the same back-off as the background task.
+        provider.refresh().await;
+    }
+    let acr_values = population_acr_values(rt, &chosen.id);
+    let spec = &rt.config.session;
+    let binding = cookies::find(&session.req_header().headers, &spec.login_cookie_name)
+        .filter(|v| flow::is_token_shaped(v));
+    let now = rt.clock.now_ms();
+    let options = StartOptions {
+        login_hint: hint,
+        acr_values: acr_values.as_deref(),
+    };
+    match flow::start(
+        provider,
+        rt.store.as_ref(),
+        &return_to,
+        binding,
+        &options,
+        spec.login_timeout,
+        now,
+    )
+    .await
+    {
+        Ok(started) => {
+            rt.metrics.login_started(provider.id());
+            // The binding cookie lives as long as a login may take; an existing one is
+            // renewed so that parallel logins in several tabs all stay bound.
+            let value = started
+                .new_binding
+                .as_deref()
+                .or(binding)
+                .unwrap_or_default();
+            let cookie = cookies::set(
+                spec,
+                &spec.login_cookie_name,
+                value,
+                spec.login_timeout.as_secs(),
+            );
+            redirect(302, started.location, vec![cookie])
+        }
+        Err(f) => {
+            rt.metrics.login_failed(provider.id(), f.reason);
+            error(f.status, f.reason)
+        }
+    }
+}
+
+/// The `acr_values` to request at `provider`: when every population that signs in there
+/// has a minimum level, the values meeting the lowest of them (any of which will do).
+fn population_acr_values(rt: &Runtime, provider: &str) -> Option<String> {
+    let mut widest: Option<&Vec<String>> = None;
+    for p in rt
+        .config
+        .populations
+        .iter()
+        .filter(|p| p.providers.iter().any(|id| id == provider))
+    {
+        let values = p
+            .acr
+            .as_ref()?
+            .accepted
+            .iter()
+            .find(|(id, _)| id == provider)
+            .map(|(_, v)| v)?;
+        if widest.is_none_or(|w| values.len() > w.len()) {
+            widest = Some(values);
+        }
+    }
+    widest.map(|v| v.join(" "))
+}
+
+pub async fn callback(session: &Session, ctx: &RequestCtx, query: &str) -> Outcome {
+    let rt = &ctx.rt;
+    let metrics = &rt.metrics;
+    let req = session.req_header();
+    let params = match CallbackParams::parse(query) {
+        Ok(p) => p,
+        Err(reason) => {
+            metrics.login_failed("unknown", reason);
+            return error(400, reason);
+        }
+    };
+    let spec = &rt.config.session;
+    let binding = cookies::find(&req.headers, &spec.login_cookie_name);
+    let client = flow::Client {
+        ip: ctx.client_ip.map(|ip| ip.to_string()),
+        user_agent: req
+            .headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok()),
+    };
+    let now = rt.clock.now_ms();
+    let finished = flow::finish(
+        |id| rt.providers.get(id).map(|p| p.as_ref()),
+        rt.store.as_ref(),
+        &params,
+        binding,
+        client,
+        now,
+    )
+    .await;
+    let fail = |provider: &str, reason: &'static str, status: u16| {
+        metrics.login_failed(provider, reason);
+        log::info!(
+            "request {}: login failed at callback: {reason} (provider {provider})",
+            ctx.request_id
+        );
+        error(status, reason)
+    };
+    let mut done = match finished {
+        Ok(done) => done,
+        Err(f) => return fail(f.provider.as_deref().unwrap_or("unknown"), f.reason, f.status),
+    };
+    let provider = done.session.provider.clone();
+    // The population decides the session's rules; with populations configured, a user
+    // in none of them does not get a session.
+    if !rt.config.populations.is_empty() {
+        let Some(pop) = policy::population_of(&rt.config.populations, &done.session) else {
+            return fail(&provider, "population-unmatched", 403);
+        };
+        if let Some(min) = &pop.acr {
+            if !policy::meets_acr(min, &done.session) {
+                return fail(&provider, "acr-insufficient", 403);
+            }
+        }
+        done.session.population = Some(pop.name.clone());
+    }
+    keep_tokens(rt, &mut done.session, &done.tokens, now);
+    // A session the browser already had ends here: login always starts a new one under
+    // a new id, so an id planted before login never becomes valid.
+    if let Some(old) = cookies::find(&req.headers, &spec.cookie_name).and_then(SessionId::parse) {
+        match rt.sessions.destroy(&old).await {
+            Ok(Some(_)) => metrics.sessions_ended("replaced", 1),
+            Ok(None) => {}
+            Err(e) => log::warn!("could not end the previous session at login: {e}"),
+        }
+    }
+    let created = match rt.sessions.create(done.session).await {
+        Ok(c) => c,
+        Err(e) => {
+            log::warn!(
+                "request {}: cannot store the new session: {e}",
+                ctx.request_id
+            );
+            return fail(&provider, "session-store-unavailable", 503);
+        }
+    };
+    metrics.sessions_ended("evicted", created.evicted);
+    metrics.session_created(created.session.population.as_deref());
+    metrics.login_completed(
+        &provider,
+        now.saturating_sub(done.started_ms) as f64 / 1000.0,
+    );
+    let cookies = vec![
+        cookies::set(
+            spec,
+            &spec.cookie_name,
+            created.id.as_cookie_value(),
+            spec.absolute_timeout.as_secs(),
+        ),
+        cookies::clear(spec, &spec.login_cookie_name),
+    ];
+    redirect(
+        302,
+        format!("{}{}", rt.public_url.origin, done.return_to),
+        cookies,
+    )
+}
+
+/// Seals the tokens the session needs: the ID token (the `id_token_hint` of logout)
+/// whenever tokens can be kept, and the access and refresh tokens when a route forwards
+/// access tokens or the population keeps sessions alive with the provider.
+fn keep_tokens(
+    rt: &Runtime,
+    s: &mut crate::session::Session,
+    tokens: &crate::oidc::TokenResponse,
+    now_ms: u64,
+) {
+    if !rt.sessions.can_keep_tokens() {
+        return;
+    }
+    let refreshing = s
+        .population
+        .as_deref()
+        .and_then(|name| rt.config.populations.iter().find(|p| p.name == name))
+        .is_some_and(|p| p.refresh_tokens);
+    let mut kept = SealedTokens::default();
+    let seal = |kind, t: &Option<String>| {
+        t.as_deref()
+            .and_then(|t| rt.sessions.seal(s, kind, t))
+    };
+    kept.id_token = seal(TokenKind::Id, &tokens.id_token);
+    if refreshing || rt.keeps_access_tokens {
+        kept.access_token = seal(TokenKind::Access, &tokens.access_token);
+        kept.refresh_token = seal(TokenKind::Refresh, &tokens.refresh_token);
+        kept.access_expires_ms = tokens
+            .expires_in
+            .map(|secs| now_ms.saturating_add(secs.saturating_mul(1000)));
+    }
+    s.tokens = Some(kept);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn email_domains_are_found_only_in_plausible_addresses() {
+        assert_eq!(email_domain("Ann@ACME.example").as_deref(), Some("acme.example"));
+        assert_eq!(email_domain("a@b@acme.example").as_deref(), Some("acme.example"));
+        assert_eq!(email_domain("@acme.example"), None);
+        assert_eq!(email_domain("ann@localhost"), None);
+        assert_eq!(email_domain("ann @acme.example"), None);
+        assert_eq!(email_domain(&format!("{}@acme.example", "a".repeat(300))), None);
+    }
+}
