@@ -36,6 +36,19 @@ async fn conformance(store: &dyn SessionStore, clock: &dyn Clock, advance: Advan
     store.put(&k, &binary, ttl).await.unwrap();
     assert_eq!(store.get(&k).await.unwrap(), Some(binary));
 
+    // put_if_equals replaces only what the caller read (a touch never clobbers a
+    // concurrent update)
+    let cas = keys::session(&keys::sha256_hex(b"session-cas"));
+    store.put(&cas, b"as-read", ttl).await.unwrap();
+    assert!(!store.put_if_equals(&cas, b"stale", b"touched", ttl).await.unwrap());
+    assert_eq!(store.get(&cas).await.unwrap().as_deref(), Some(&b"as-read"[..]));
+    assert!(store.put_if_equals(&cas, b"as-read", b"touched", ttl).await.unwrap());
+    assert_eq!(store.get(&cas).await.unwrap().as_deref(), Some(&b"touched"[..]));
+    let absent = keys::session(&keys::sha256_hex(b"session-absent"));
+    assert!(!store.put_if_equals(&absent, b"", b"x", ttl).await.unwrap());
+    assert_eq!(store.get(&absent).await.unwrap(), None);
+    store.delete(&cas).await.unwrap();
+
     // put_if_absent is a lock: only the first wins until it is released or expires
     let lock = keys::lock("refresh:abc");
     assert!(store.put_if_absent(&lock, b"owner-a", ttl).await.unwrap());

@@ -278,17 +278,33 @@ impl SessionManager {
         )
     }
 
-    async fn write(&self, id_hash: &str, s: &Session, now: u64) -> Result<(), StoreError> {
+    /// The record to store for `s` as of `now`, and how long it lives; `None` when the
+    /// session is already past a deadline.
+    fn record(&self, s: &Session, now: u64) -> Result<Option<(Vec<u8>, Duration)>, StoreError> {
         let (idle_end, abs_end) = self.deadlines(s, now);
         let end = idle_end.min(abs_end);
         if end <= now {
-            return Ok(());
+            return Ok(None);
         }
         // The record outlives its deadline a little, so that the manager, not the
         // store's expiry, finds it ended and can say why.
         let ttl = Duration::from_millis(end - now) + EXPIRY_GRACE;
         let bytes = serde_json::to_vec(s).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        Ok(Some((bytes, ttl)))
+    }
+
+    async fn write(&self, id_hash: &str, s: &Session, now: u64) -> Result<(), StoreError> {
+        let Some((bytes, ttl)) = self.record(s, now)? else {
+            return Ok(());
+        };
         self.store.put(&keys::session(id_hash), &bytes, ttl).await?;
+        self.index(id_hash, s, now).await
+    }
+
+    /// Adds the session to the user's index, its provider session's index and the index
+    /// of all sessions.
+    async fn index(&self, id_hash: &str, s: &Session, now: u64) -> Result<(), StoreError> {
+        let (idle_end, abs_end) = self.deadlines(s, now);
         self.store
             .index_add(&keys::user_sessions(&s.user_key()), id_hash, abs_end)
             .await?;
@@ -302,7 +318,7 @@ impl SessionManager {
                 .await?;
         }
         self.store
-            .index_add(keys::ALL_SESSIONS, id_hash, end)
+            .index_add(keys::ALL_SESSIONS, id_hash, idle_end.min(abs_end))
             .await
     }
 
@@ -363,7 +379,14 @@ impl SessionManager {
         }
         if now >= s.last_seen_ms + t.touch_every.as_millis() as u64 {
             s.last_seen_ms = now;
-            self.write(&hash, &s, now).await?;
+            // Only over the record as read: a concurrent update (new tokens from a
+            // refresh) must not be overwritten by this request's older copy. If it was
+            // replaced, that write was recent, and a later request touches again.
+            if let Some((fresh, ttl)) = self.record(&s, now)? {
+                if self.store.put_if_equals(&key, &bytes, &fresh, ttl).await? {
+                    self.index(&hash, &s, now).await?;
+                }
+            }
         }
         Ok(Ok(s))
     }

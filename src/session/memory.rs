@@ -133,6 +133,23 @@ impl SessionStore for MemoryStore {
         Ok(inner.values.remove(key).is_some())
     }
 
+    async fn put_if_equals(
+        &self,
+        key: &str,
+        expected: &[u8],
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let now = self.clock.now_ms();
+        let deadline = self.deadline(ttl);
+        let mut inner = self.lock();
+        if inner.live(key, now).is_some_and(|e| e.value == expected) {
+            inner.insert(key, value, deadline, now);
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
     async fn delete_if_equals(&self, key: &str, expected: &[u8]) -> Result<bool, StoreError> {
         let now = self.clock.now_ms();
         let mut inner = self.lock();

@@ -46,6 +46,18 @@ impl SessionStore for Metered {
     async fn delete(&self, key: &str) -> Result<bool, StoreError> {
         self.note("delete", self.inner.delete(key).await)
     }
+    async fn put_if_equals(
+        &self,
+        key: &str,
+        expected: &[u8],
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        self.note(
+            "put",
+            self.inner.put_if_equals(key, expected, value, ttl).await,
+        )
+    }
     async fn delete_if_equals(&self, key: &str, expected: &[u8]) -> Result<bool, StoreError> {
         self.note("delete", self.inner.delete_if_equals(key, expected).await)
     }

@@ -32,6 +32,7 @@ pub struct RedisStore {
     client: redis::Client,
     conn: OnceCell<ConnectionManager>,
     compare_and_delete: redis::Script,
+    compare_and_put: redis::Script,
     index_add: redis::Script,
 }
 
@@ -59,6 +60,9 @@ impl RedisStore {
             conn: OnceCell::new(),
             compare_and_delete: redis::Script::new(
                 "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end",
+            ),
+            compare_and_put: redis::Script::new(
+                "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) return 1 else return 0 end",
             ),
             // ZADD, then keep the index alive as long as its longest-lived member.
             index_add: redis::Script::new(
@@ -138,6 +142,26 @@ impl SessionStore for RedisStore {
     async fn delete(&self, key: &str) -> Result<bool, StoreError> {
         let mut c = self.conn().await?;
         let n: u64 = c.del(self.key(key)).await.map_err(unavailable)?;
+        Ok(n > 0)
+    }
+
+    async fn put_if_equals(
+        &self,
+        key: &str,
+        expected: &[u8],
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut c = self.conn().await?;
+        let n: u64 = self
+            .compare_and_put
+            .key(self.key(key))
+            .arg(expected)
+            .arg(value)
+            .arg(ttl_ms(ttl))
+            .invoke_async(&mut c)
+            .await
+            .map_err(unavailable)?;
         Ok(n > 0)
     }
 

@@ -39,6 +39,17 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Removes `key`; true when something was removed.
     async fn delete(&self, key: &str) -> Result<bool, StoreError>;
 
+    /// Replaces the value only while `key` still holds `expected`; true when replaced.
+    /// A write that must not clobber a concurrent one (touching `last_seen` while a
+    /// refresh stores new tokens) uses this.
+    async fn put_if_equals(
+        &self,
+        key: &str,
+        expected: &[u8],
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, StoreError>;
+
     /// Removes `key` only while it still holds `expected` (releasing a lock one holds,
     /// never one that expired and was taken by someone else).
     async fn delete_if_equals(&self, key: &str, expected: &[u8]) -> Result<bool, StoreError>;
