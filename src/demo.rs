@@ -111,7 +111,9 @@ impl ServeHttp for DemoApp {
              <p>Sign in: <a href=\"/account\">/account</a> (login required; shows the identity headers) · \
              <a href=\"/staff\">/staff</a> (group <code>staff</code> only) · \
              <a href=\"/mfa\">/mfa</a> (needs the one-time-code login) · \
-             <a href=\"/.portcullis/userinfo\">/.portcullis/userinfo</a> (your session as JSON).</p>\
+             <a href=\"/.portcullis/userinfo\">/.portcullis/userinfo</a> (your session as JSON) · \
+             <a href=\"/.portcullis/sessions\">/.portcullis/sessions</a> (your sessions; end any) · \
+             <a href=\"/.portcullis/logout\">/.portcullis/logout</a> (sign out).</p>\
              <p>Try: <a href=\"/\">/</a> (public) · <a href=\"/public/hello\">/public/hello</a> (public) · \
              <a href=\"/admin\">/admin</a> (denied by policy) · <a href=\"/public/%2e%2e/admin\">/public/%2e%2e/admin</a> \
              (normalised to /admin, still denied) · <a href=\"/nowhere/..%2fadmin\">/nowhere/..%2fadmin</a> (refused: 400).</p>\

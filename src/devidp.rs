@@ -145,6 +145,7 @@ impl DevIdp {
                 "token_endpoint": format!("{i}/token"),
                 "userinfo_endpoint": format!("{i}/userinfo"),
                 "jwks_uri": format!("{i}/jwks"),
+                "end_session_endpoint": format!("{i}/logout"),
                 "response_types_supported": ["code"],
                 "subject_types_supported": ["public"],
                 "id_token_signing_alg_values_supported": ["ES256"],
@@ -322,6 +323,27 @@ impl DevIdp {
         )
     }
 
+    /// RP-initiated logout. The demo provider keeps no sign-in session of its own, so
+    /// there is nothing to end: it sends the browser on to `post_logout_redirect_uri`
+    /// when that is on the gateway's origin (an open redirect otherwise).
+    fn logout(&self, query: &str) -> Response<Vec<u8>> {
+        let target = url::form_urlencoded::parse(query.as_bytes())
+            .find(|(k, _)| k == "post_logout_redirect_uri")
+            .map(|(_, v)| v.into_owned());
+        let origin = |u: &str| url::Url::parse(u).ok().map(|u| u.origin());
+        match target {
+            Some(t) if origin(&t).is_some() && origin(&t) == origin(&self.redirect_uri) => {
+                let mut r = reply(302, "text/plain", Vec::new());
+                if let Ok(v) = http::HeaderValue::from_str(&t) {
+                    r.headers_mut().insert(http::header::LOCATION, v);
+                }
+                r
+            }
+            Some(_) => page(400, "That post_logout_redirect_uri is not registered."),
+            None => page(200, "You are signed out of the development provider."),
+        }
+    }
+
     fn userinfo(&self, session: &ServerSession) -> Response<Vec<u8>> {
         let token = session
             .req_header()
@@ -372,6 +394,7 @@ impl ServeHttp for DevIdp {
             ("POST", "/authorize/approve") => self.approve(&body),
             ("POST", "/token") => self.token(session, &body),
             ("GET", "/userinfo") => self.userinfo(session),
+            ("GET", "/logout") => self.logout(&query),
             _ => page(404, "Not found."),
         }
     }

@@ -121,3 +121,32 @@ async fn demo_users_differ_in_what_they_may_see() {
     let mfa = Browser::new();
     assert_eq!(demo.sign_in(&mfa, "/mfa", "alice-mfa").await.status, 200);
 }
+
+#[tokio::test]
+async fn a_demo_user_signs_out_through_the_confirmation_form() {
+    let demo = Demo::start().await;
+    let b = Browser::new();
+    assert_eq!(demo.sign_in(&b, "/account", "alice").await.status, 200);
+    let confirm = b.get(&demo.url("/.portcullis/logout")).await;
+    assert_eq!(confirm.status, 200, "{}", confirm.body);
+    let form = confirm
+        .form("/.portcullis/logout")
+        .expect("a sign-out form");
+    let fields: Vec<(&str, &str)> = form
+        .fields
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert!(fields.iter().any(|(k, v)| *k == "csrf" && v.len() == 43));
+    let out = b.post_form(&form.action, &fields).await;
+    assert_eq!(out.status, 303, "{}", out.body);
+    let end_session = out.location().unwrap();
+    assert!(
+        end_session.contains("/logout?") && end_session.contains("id_token_hint="),
+        "RP-initiated logout at the demo provider: {end_session}"
+    );
+    let landed = b.follow(out, 5).await;
+    assert_eq!(landed.url, demo.url("/"));
+    let again = b.get(&demo.url("/account")).await;
+    assert_eq!(again.status, 302, "signed out: back to login");
+}
