@@ -814,13 +814,18 @@ impl Builder<'_> {
             &used,
         );
         let mut populations = Vec::new();
+        let scalar = matches!(population, Some(OneOrMany::One(_)));
         for (i, name) in population
             .map(OneOrMany::into_vec)
             .unwrap_or_default()
             .into_iter()
             .enumerate()
         {
-            let p = format!("{path}.population[{i}]");
+            let p = if scalar {
+                format!("{path}.population")
+            } else {
+                format!("{path}.population[{i}]")
+            };
             match defs.populations.iter().find(|p| p.name == name) {
                 None => self.err(
                     &p,
