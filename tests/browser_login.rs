@@ -1,7 +1,8 @@
 //! The demo's login in a real browser: headless Chromium driven over WebDriver
 //! (`chromedriver`, from Debian's `chromium-driver`; `.ci/run` installs both). It clicks
 //! through the development provider's page and lands on the app with the identity
-//! headers shown, and page scripts cannot read the session cookie.
+//! headers shown, and page scripts cannot read the session cookie; then it opens the
+//! user's sessions page and signs out through the confirmation page.
 
 mod common;
 
@@ -196,5 +197,61 @@ async fn signing_in_to_the_demo_works_in_headless_chromium() {
         .as_str()
         .unwrap_or_default()
         .contains("x-auth-user\talice"));
+
+    // The user's own sessions page lists this browser's session.
+    d.call(
+        reqwest::Method::POST,
+        "/url",
+        Some(json!({"url": format!("{app}/.portcullis/sessions")})),
+    )
+    .await;
+    let sessions = d.script("return document.body.innerText").await;
+    assert!(
+        sessions
+            .as_str()
+            .unwrap_or_default()
+            .contains("(this session)"),
+        "{sessions}"
+    );
+    // Signing out: the confirmation page's button posts the form (CSRF token included),
+    // the provider's logout sends the browser back, and the session is gone.
+    d.call(
+        reqwest::Method::POST,
+        "/url",
+        Some(json!({"url": format!("{app}/.portcullis/logout")})),
+    )
+    .await;
+    let sign_out = d
+        .wait_for("form[action=\"/.portcullis/logout\"] button")
+        .await
+        .expect("the sign-out confirmation page");
+    let clicked = d
+        .call(
+            reqwest::Method::POST,
+            &format!("/element/{sign_out}/click"),
+            Some(json!({})),
+        )
+        .await;
+    assert!(clicked.is_null(), "click failed: {clicked}");
+    let home = common::eventually(Duration::from_secs(10), || async {
+        let url = d.call(reqwest::Method::GET, "/url", None).await;
+        (url.as_str() == Some(&format!("{app}/"))).then_some(())
+    })
+    .await;
+    if home.is_none() {
+        let url = d.call(reqwest::Method::GET, "/url", None).await;
+        let text = d.script("return document.body.innerText").await;
+        panic!("sign-out did not land on the home page: at {url}\n{text}");
+    }
+    d.call(
+        reqwest::Method::POST,
+        "/url",
+        Some(json!({"url": format!("{app}/account")})),
+    )
+    .await;
+    assert!(
+        d.wait_for("button[value=\"alice\"]").await.is_some(),
+        "signed out: /account asks for a login again"
+    );
     d.call(reqwest::Method::DELETE, "", None).await;
 }
