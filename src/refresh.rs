@@ -16,7 +16,9 @@ use crate::runtime::Runtime;
 use crate::session::{keys, Session, SessionId, TokenKind};
 use std::time::{Duration, Instant};
 
-/// Refresh this long before the access token expires.
+/// Refresh this long before the access token expires (or, for tokens living less than
+/// twice this, half-way through their life, so that short-lived tokens are not
+/// refreshed on every request).
 pub const REFRESH_BEFORE: Duration = Duration::from_secs(60);
 /// How long the lock is held at most (a token endpoint answers within 5 s or fails).
 const LOCK_TTL: Duration = Duration::from_secs(10);
@@ -34,10 +36,18 @@ pub fn needed(rt: &Runtime, s: &Session, forwards_token: bool) -> bool {
 }
 
 fn due(s: &Session, now_ms: u64) -> bool {
-    s.tokens
-        .as_ref()
-        .and_then(|t| t.access_expires_ms)
-        .is_some_and(|exp| now_ms + REFRESH_BEFORE.as_millis() as u64 >= exp)
+    let Some(t) = s.tokens.as_ref() else {
+        return false;
+    };
+    let Some(exp) = t.access_expires_ms else {
+        return false;
+    };
+    let margin = REFRESH_BEFORE.as_millis() as u64;
+    let margin = match t.access_issued_ms {
+        Some(issued) => margin.min(exp.saturating_sub(issued) / 2),
+        None => margin,
+    };
+    now_ms.saturating_add(margin) >= exp
 }
 
 fn expired(s: &Session, now_ms: u64) -> bool {
@@ -156,6 +166,7 @@ async fn refresh(rt: &Runtime, id: &SessionId, stale: Session) -> Result<Session
             t.access_expires_ms = resp
                 .expires_in
                 .map(|secs| now.saturating_add(secs.saturating_mul(1000)));
+            t.access_issued_ms = Some(now);
             if let Some(r) = resp.refresh_token.as_deref() {
                 t.refresh_token = rt.sessions.seal(&s, TokenKind::Refresh, r);
             }
@@ -204,4 +215,37 @@ async fn end(rt: &Runtime, id: &SessionId) -> Result<Session, Decision> {
     Err(Decision::Login {
         reason: "refresh-failed",
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::SealedTokens;
+
+    fn with_token(issued: Option<u64>, expires: u64) -> Session {
+        Session {
+            tokens: Some(SealedTokens {
+                access_expires_ms: Some(expires),
+                access_issued_ms: issued,
+                ..SealedTokens::default()
+            }),
+            ..Session::default()
+        }
+    }
+
+    #[test]
+    fn tokens_are_due_a_minute_before_expiry_or_half_way_when_short_lived() {
+        // An hour-long token: due in its last minute.
+        let hour = with_token(Some(0), 3_600_000);
+        assert!(!due(&hour, 3_539_999));
+        assert!(due(&hour, 3_540_000));
+        // A 30 s token: due half-way, not at once.
+        let short = with_token(Some(0), 30_000);
+        assert!(!due(&short, 14_999));
+        assert!(due(&short, 15_000));
+        // Unknown issue time (an older record): the minute's margin.
+        assert!(due(&with_token(None, 30_000), 0));
+        // No expiry known: never due.
+        assert!(!due(&Session::default(), u64::MAX));
+    }
 }

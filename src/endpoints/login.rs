@@ -49,8 +49,11 @@ fn email_domain(email: &str) -> Option<String> {
         return None;
     }
     let (local, domain) = email.rsplit_once('@')?;
-    (!local.is_empty() && domain.contains('.') && !domain.starts_with('.') && !domain.ends_with('.'))
-        .then(|| domain.to_ascii_lowercase())
+    (!local.is_empty()
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.'))
+    .then(|| domain.to_ascii_lowercase())
 }
 
 pub async fn login(session: &Session, rt: &Runtime, query: &str) -> Outcome {
@@ -245,7 +248,13 @@ pub async fn callback(session: &Session, ctx: &RequestCtx, query: &str) -> Outco
     };
     let mut done = match finished {
         Ok(done) => done,
-        Err(f) => return fail(f.provider.as_deref().unwrap_or("unknown"), f.reason, f.status),
+        Err(f) => {
+            return fail(
+                f.provider.as_deref().unwrap_or("unknown"),
+                f.reason,
+                f.status,
+            )
+        }
     };
     let provider = done.session.provider.clone();
     // The population decides the session's rules; with populations configured, a user
@@ -321,10 +330,7 @@ fn keep_tokens(
         .and_then(|name| rt.config.populations.iter().find(|p| p.name == name))
         .is_some_and(|p| p.refresh_tokens);
     let mut kept = SealedTokens::default();
-    let seal = |kind, t: &Option<String>| {
-        t.as_deref()
-            .and_then(|t| rt.sessions.seal(s, kind, t))
-    };
+    let seal = |kind, t: &Option<String>| t.as_deref().and_then(|t| rt.sessions.seal(s, kind, t));
     kept.id_token = seal(TokenKind::Id, &tokens.id_token);
     if refreshing || rt.keeps_access_tokens {
         kept.access_token = seal(TokenKind::Access, &tokens.access_token);
@@ -332,6 +338,7 @@ fn keep_tokens(
         kept.access_expires_ms = tokens
             .expires_in
             .map(|secs| now_ms.saturating_add(secs.saturating_mul(1000)));
+        kept.access_issued_ms = Some(now_ms);
     }
     s.tokens = Some(kept);
 }
@@ -342,11 +349,20 @@ mod tests {
 
     #[test]
     fn email_domains_are_found_only_in_plausible_addresses() {
-        assert_eq!(email_domain("Ann@ACME.example").as_deref(), Some("acme.example"));
-        assert_eq!(email_domain("a@b@acme.example").as_deref(), Some("acme.example"));
+        assert_eq!(
+            email_domain("Ann@ACME.example").as_deref(),
+            Some("acme.example")
+        );
+        assert_eq!(
+            email_domain("a@b@acme.example").as_deref(),
+            Some("acme.example")
+        );
         assert_eq!(email_domain("@acme.example"), None);
         assert_eq!(email_domain("ann@localhost"), None);
         assert_eq!(email_domain("ann @acme.example"), None);
-        assert_eq!(email_domain(&format!("{}@acme.example", "a".repeat(300))), None);
+        assert_eq!(
+            email_domain(&format!("{}@acme.example", "a".repeat(300))),
+            None
+        );
     }
 }

@@ -1,6 +1,8 @@
 //! `logout` (RP-initiated) and `backchannel-logout` (provider-initiated).
 
-use super::{csrf_ok, error, form_value, json, pages, read_form, redirect, wants_json, Outcome, Reply};
+use super::{
+    csrf_ok, error, form_value, json, pages, read_form, redirect, wants_json, Outcome, Reply,
+};
 use crate::auth;
 use crate::cookies;
 use crate::lifecycle;
@@ -138,7 +140,11 @@ pub async fn backchannel(session: &mut Session, ctx: &RequestCtx) -> Outcome {
     let (provider, claims) = match token::validate_logout_token(&providers, raw, now_s).await {
         Ok(v) => v,
         Err(reason) => {
-            let status = if reason == "provider-unavailable" { 503 } else { 400 };
+            let status = if reason == "provider-unavailable" {
+                503
+            } else {
+                400
+            };
             log::info!(
                 "request {}: back-channel logout refused: {reason}",
                 ctx.request_id
@@ -151,13 +157,22 @@ pub async fn backchannel(session: &mut Session, ctx: &RequestCtx) -> Outcome {
     let issuer = &provider.spec.issuer;
     // Replay: a `jti` is accepted once, for as long as its token could be accepted.
     let jti_key = keys::used_token(&keys::sha256_hex(
-        format!("{}:{issuer}|{}", issuer.len(), text("jti").unwrap_or_default()).as_bytes(),
+        format!(
+            "{}:{issuer}|{}",
+            issuer.len(),
+            text("jti").unwrap_or_default()
+        )
+        .as_bytes(),
     ));
     let remember = Duration::from_secs(token::LOGOUT_TOKEN_MAX_AGE_SECS + 2 * token::LEEWAY_SECS);
     match rt.store.put_if_absent(&jti_key, b"1", remember).await {
         Ok(true) => {}
         Ok(false) => return bc_error(rt, id, 400, "logout-token-replayed"),
         Err(e) => {
+            // A timed-out write may still land when the store catches up; take it back
+            // (best effort: on one connection the delete lands after it), so the
+            // provider's retry of this token is not refused as a replay.
+            let _ = rt.store.delete(&jti_key).await;
             log::warn!("back-channel logout: {e}");
             return bc_error(rt, id, 503, "session-store-unavailable");
         }

@@ -12,6 +12,21 @@
 //! signed take precedence in this order: `AlgNone`, `Hs256WithClientSecret`,
 //! `Hs256WithRsaPublicKey`, `Hs256WithRsaPublicKeyDer`, `EcSigned`, then RS256.
 //!
+//! Tokens: every authorization code grant also issues a refresh token (whatever the
+//! scope: real providers want `offline_access`, this one does not check), and the token
+//! endpoint accepts `grant_type=refresh_token` with client authentication, rotating the
+//! refresh token (a used one is spent; presenting it again is `invalid_grant`). Access
+//! tokens are random and distinct per issue, valid for [`TestIdp::access_token_ttl`]
+//! (300 s by default). [`TestIdp::reject_refresh`] makes every refresh `invalid_grant`
+//! (the grant revoked at the provider); [`TestIdp::token_delay`] makes the token
+//! endpoint slow, so concurrent requests really overlap; [`TestIdp::token_calls`] counts
+//! token endpoint calls by grant type.
+//!
+//! Each login at `/authorize` starts a provider session with a random `sid`, put in the
+//! ID tokens of that login and of its refreshes (unless a `sid` claim is configured, or
+//! removed with a `null`); [`TestIdp::sids`] lists them. [`TestIdp::logout_token_claims`]
+//! is the starting point of a back-channel logout token for [`TestIdp::mint`].
+//!
 //! Each provider generates its own keys: RSA "rsa-1" (RS256) and EC P-256 "ec-1" (ES256),
 //! published from the start, and RSA "rsa-2", published only after
 //! [`TestIdp::rotate_keys`]. An attacker RSA key and an attacker EC key (shared by the
@@ -374,6 +389,24 @@ struct Grant {
     nonce: Option<String>,
     code_challenge: String,
     scope: String,
+    /// The provider session this login started.
+    sid: String,
+    used: bool,
+}
+
+/// The tokens of one successful token endpoint response.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    pub access_token: String,
+    pub refresh_token: String,
+    pub id_token: String,
+}
+
+/// What the token endpoint recorded for a refresh token.
+struct RefreshGrant {
+    sid: String,
+    scope: String,
+    /// Spent by a refresh (rotation): presenting it again is `invalid_grant`.
     used: bool,
 }
 
@@ -386,6 +419,14 @@ struct State {
     rotated: bool,
     codes: HashMap<String, Grant>,
     access_tokens: HashSet<String>,
+    /// Token responses in the order they were issued.
+    issued: Vec<Issued>,
+    refresh_tokens: HashMap<String, RefreshGrant>,
+    /// `sid` of each ID token issued at code exchange, in order.
+    sids: Vec<String>,
+    access_token_ttl: u64,
+    refresh_rejected: bool,
+    token_delay: std::time::Duration,
     requests: Vec<Recorded>,
 }
 
@@ -459,6 +500,12 @@ impl TestIdp {
                 rotated: false,
                 codes: HashMap::new(),
                 access_tokens: HashSet::new(),
+                issued: Vec::new(),
+                refresh_tokens: HashMap::new(),
+                sids: Vec::new(),
+                access_token_ttl: 300,
+                refresh_rejected: false,
+                token_delay: std::time::Duration::ZERO,
                 requests: Vec::new(),
             }),
         });
@@ -585,6 +632,70 @@ impl TestIdp {
         self.state().requests.clear();
     }
 
+    /// `expires_in` of access tokens issued from now on (300 s until set).
+    pub fn access_token_ttl(&self, secs: u64) {
+        self.state().access_token_ttl = secs;
+    }
+
+    /// With `true`, every `refresh_token` grant is answered `400 invalid_grant`, as a
+    /// provider does once the grant was revoked; `false` accepts refresh tokens again.
+    pub fn reject_refresh(&self, on: bool) {
+        self.state().refresh_rejected = on;
+    }
+
+    /// The token endpoint waits this long before answering (zero until set).
+    pub fn token_delay(&self, delay: std::time::Duration) {
+        self.state().token_delay = delay;
+    }
+
+    /// Token endpoint calls with this `grant_type` (`"authorization_code"`,
+    /// `"refresh_token"`), answered or refused.
+    pub fn token_calls(&self, grant_type: &str) -> usize {
+        self.state()
+            .requests
+            .iter()
+            .filter(|r| r.path == "/token" && r.param("grant_type") == Some(grant_type))
+            .count()
+    }
+
+    /// Access tokens issued so far, oldest first (each one distinct).
+    pub fn access_tokens(&self) -> Vec<String> {
+        self.issued().into_iter().map(|i| i.access_token).collect()
+    }
+
+    /// Every successful token response so far (code exchanges and refreshes), oldest first.
+    pub fn issued(&self) -> Vec<Issued> {
+        self.state().issued.clone()
+    }
+
+    /// The `sid` of each ID token issued at a code exchange, oldest first (absent when
+    /// the `sid` claim was removed).
+    pub fn sids(&self) -> Vec<String> {
+        self.state().sids.clone()
+    }
+
+    /// The claims of a well-formed back-channel logout token about `sub` and/or `sid`,
+    /// issued now: `iss`, `aud` (the client id), `iat`, `exp` (+120 s), a fresh `jti` and
+    /// the back-channel logout event. Sign with [`TestIdp::mint`] (typ `logout+jwt`).
+    pub fn logout_token_claims(&self, sub: Option<&str>, sid: Option<&str>) -> Value {
+        let now = now();
+        let mut c = json!({
+            "iss": self.inner.issuer,
+            "aud": self.client_id(),
+            "iat": now,
+            "exp": now + 120,
+            "jti": random_token(),
+            "events": { "http://schemas.openid.net/event/backchannel-logout": {} },
+        });
+        if let Some(sub) = sub {
+            c["sub"] = json!(sub);
+        }
+        if let Some(sid) = sid {
+            c["sid"] = json!(sid);
+        }
+        c
+    }
+
     /// The claims of a well-behaved ID token for `nonce`, issued now: `iss`, `sub`
     /// ("user-123"), `aud` (the client id), `exp` (+300 s), `iat`, `auth_time` (-5 s),
     /// `nonce`, `email`, `email_verified`, `name`, `groups`, `acr`, `amr`, then the
@@ -676,7 +787,14 @@ impl Inner {
             params,
             authorization,
         };
-        self.state().requests.push(rec.clone());
+        let delay = {
+            let mut st = self.state();
+            st.requests.push(rec.clone());
+            st.token_delay
+        };
+        if rec.path == "/token" && !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         match (rec.method.as_str(), rec.path.as_str()) {
             ("GET", "/.well-known/openid-configuration") => self.discovery(),
             ("GET", "/jwks") => json_response(200, &self.jwks()),
@@ -741,17 +859,19 @@ impl Inner {
                 "end_session_endpoint": format!("{base}/logout"),
                 "response_types_supported": ["code"],
                 "response_modes_supported": ["query"],
-                "grant_types_supported": ["authorization_code"],
+                "grant_types_supported": ["authorization_code", "refresh_token"],
                 "subject_types_supported": ["public"],
                 "id_token_signing_alg_values_supported": ["RS256", "ES256"],
                 "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
                 "code_challenge_methods_supported": ["S256"],
-                "scopes_supported": ["openid", "email", "profile", "groups"],
+                "scopes_supported": ["openid", "email", "profile", "groups", "offline_access"],
                 "claims_supported": [
                     "iss", "sub", "aud", "exp", "iat", "auth_time", "nonce", "azp",
-                    "email", "email_verified", "name", "groups", "acr", "amr"
+                    "email", "email_verified", "name", "groups", "acr", "amr", "sid"
                 ],
                 "authorization_response_iss_parameter_supported": true,
+                "backchannel_logout_supported": true,
+                "backchannel_logout_session_supported": true,
             }),
         )
     }
@@ -814,6 +934,7 @@ impl Inner {
                             nonce: rec.param("nonce").map(str::to_string),
                             code_challenge: challenge.unwrap_or_default().into(),
                             scope: scope.into(),
+                            sid: random_token(),
                             used: false,
                         },
                     );
@@ -878,8 +999,10 @@ impl Inner {
             }
             Err(e) => return oauth_error(400, e),
         }
-        if rec.param("grant_type") != Some("authorization_code") {
-            return oauth_error(400, "unsupported_grant_type");
+        match rec.param("grant_type") {
+            Some("authorization_code") => {}
+            Some("refresh_token") => return self.refresh(&mut st, rec),
+            _ => return oauth_error(400, "unsupported_grant_type"),
         }
         let client_id = st.client_id.clone();
         let Some(grant) = st.codes.get_mut(rec.param("code").unwrap_or_default()) else {
@@ -899,20 +1022,66 @@ impl Inner {
         }
         let nonce = grant.nonce.clone();
         let scope = grant.scope.clone();
+        let sid = grant.sid.clone();
+        let (body, claims) = self.issue(&mut st, nonce.as_deref(), &sid, &scope);
+        if let Some(sid) = claims["sid"].as_str() {
+            st.sids.push(sid.to_string());
+        }
+        json_response(200, &body)
+    }
+
+    /// `grant_type=refresh_token` (client already authenticated): a refresh token issued
+    /// here, not yet spent, while refreshes are not rejected. Rotates it.
+    fn refresh(&self, st: &mut State, rec: &Recorded) -> Resp {
+        if st.refresh_rejected {
+            return oauth_error(400, "invalid_grant");
+        }
+        let presented = rec.param("refresh_token").unwrap_or_default();
+        let Some(grant) = st.refresh_tokens.get_mut(presented) else {
+            return oauth_error(400, "invalid_grant");
+        };
+        if std::mem::replace(&mut grant.used, true) {
+            return oauth_error(400, "invalid_grant");
+        }
+        let (sid, scope) = (grant.sid.clone(), grant.scope.clone());
+        // OpenID Connect Core 12.2: the new ID token has no nonce.
+        let (body, _) = self.issue(st, None, &sid, &scope);
+        json_response(200, &body)
+    }
+
+    /// A token response: a new access token, refresh token and ID token (with `sid`
+    /// unless a `sid` claim is configured). Returns the body and the ID token's claims.
+    fn issue(&self, st: &mut State, nonce: Option<&str>, sid: &str, scope: &str) -> (Value, Value) {
         let access_token = random_token();
         st.access_tokens.insert(access_token.clone());
-        let claims = self.id_token_claims_misbehaving(&st, nonce.as_deref());
-        let id_token = self.sign_id_token(&st, &claims);
-        json_response(
-            200,
-            &json!({
-                "access_token": access_token,
-                "token_type": "Bearer",
-                "expires_in": 300,
-                "scope": scope,
-                "id_token": id_token,
-            }),
-        )
+        let refresh_token = random_token();
+        st.refresh_tokens.insert(
+            refresh_token.clone(),
+            RefreshGrant {
+                sid: sid.to_string(),
+                scope: scope.to_string(),
+                used: false,
+            },
+        );
+        let mut claims = self.id_token_claims_misbehaving(st, nonce);
+        if !st.claims.contains_key("sid") {
+            claims["sid"] = json!(sid);
+        }
+        let id_token = self.sign_id_token(st, &claims);
+        st.issued.push(Issued {
+            access_token: access_token.clone(),
+            refresh_token: refresh_token.clone(),
+            id_token: id_token.clone(),
+        });
+        let body = json!({
+            "access_token": access_token,
+            "token_type": "Bearer",
+            "expires_in": st.access_token_ttl,
+            "scope": scope,
+            "id_token": id_token,
+            "refresh_token": refresh_token,
+        });
+        (body, claims)
     }
 
     fn userinfo(&self, rec: &Recorded) -> Resp {
