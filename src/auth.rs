@@ -39,7 +39,13 @@ pub async fn authorize(
         Err(d) => (d, None),
         Ok(a) => {
             let pops = &route.identity.populations;
-            if !pops.is_empty() && !a.identity.population.as_ref().is_some_and(|p| pops.contains(p)) {
+            if !pops.is_empty()
+                && !a
+                    .identity
+                    .population
+                    .as_ref()
+                    .is_some_and(|p| pops.contains(p))
+            {
                 return (
                     Decision::Deny {
                         reason: "population-not-allowed",

@@ -40,10 +40,22 @@ async fn conformance(store: &dyn SessionStore, clock: &dyn Clock, advance: Advan
     // concurrent update)
     let cas = keys::session(&keys::sha256_hex(b"session-cas"));
     store.put(&cas, b"as-read", ttl).await.unwrap();
-    assert!(!store.put_if_equals(&cas, b"stale", b"touched", ttl).await.unwrap());
-    assert_eq!(store.get(&cas).await.unwrap().as_deref(), Some(&b"as-read"[..]));
-    assert!(store.put_if_equals(&cas, b"as-read", b"touched", ttl).await.unwrap());
-    assert_eq!(store.get(&cas).await.unwrap().as_deref(), Some(&b"touched"[..]));
+    assert!(!store
+        .put_if_equals(&cas, b"stale", b"touched", ttl)
+        .await
+        .unwrap());
+    assert_eq!(
+        store.get(&cas).await.unwrap().as_deref(),
+        Some(&b"as-read"[..])
+    );
+    assert!(store
+        .put_if_equals(&cas, b"as-read", b"touched", ttl)
+        .await
+        .unwrap());
+    assert_eq!(
+        store.get(&cas).await.unwrap().as_deref(),
+        Some(&b"touched"[..])
+    );
     let absent = keys::session(&keys::sha256_hex(b"session-absent"));
     assert!(!store.put_if_equals(&absent, b"", b"x", ttl).await.unwrap());
     assert_eq!(store.get(&absent).await.unwrap(), None);

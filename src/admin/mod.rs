@@ -134,7 +134,9 @@ impl AdminApp {
             );
         };
         let user = crate::session::user_key(&spec.issuer, &sub);
-        let one = path.strip_prefix("/sessions/").filter(|h| !h.is_empty());
+        // `/sessions/` with an empty id (an unset variable in a script) names no session;
+        // it must not fall through to "all of the user's sessions".
+        let one = path.strip_prefix("/sessions/");
         match (method, one) {
             ("GET", None) => match rt.sessions.list_user(&user).await {
                 Ok(list) => {
@@ -163,7 +165,10 @@ impl AdminApp {
             ("DELETE", None) => match rt.sessions.destroy_user(&user).await {
                 Ok(ended) => {
                     crate::lifecycle::sessions_ended(&rt, &ended, "revoked");
-                    log::info!("admin: ended {} session(s) of a user of {provider}", ended.len());
+                    log::info!(
+                        "admin: ended {} session(s) of a user of {provider}",
+                        ended.len()
+                    );
                     json(StatusCode::OK, serde_json::json!({ "ended": ended.len() }))
                 }
                 Err(_) => store_down(),
@@ -173,7 +178,9 @@ impl AdminApp {
                     Ok(l) => l,
                     Err(_) => return store_down(),
                 };
-                let Some((hash, _)) = list.iter().find(|(hash, _)| crate::session::handle(hash) == h)
+                let Some((hash, _)) = list
+                    .iter()
+                    .find(|(hash, _)| crate::session::handle(hash) == h)
                 else {
                     return json(
                         StatusCode::NOT_FOUND,

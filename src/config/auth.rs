@@ -454,9 +454,9 @@ impl Builder<'_> {
             let valid = !lower.is_empty()
                 && lower.len() <= 253
                 && lower.contains('.')
-                && lower
-                    .split('.')
-                    .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+                && lower.split('.').all(|l| {
+                    !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                });
             if valid {
                 domain_list.push(lower);
             } else {
@@ -467,7 +467,10 @@ impl Builder<'_> {
             }
         }
         let display_name = display_name.unwrap_or_else(|| id.clone());
-        if display_name.is_empty() || display_name.len() > 80 || display_name.chars().any(char::is_control) {
+        if display_name.is_empty()
+            || display_name.len() > 80
+            || display_name.chars().any(char::is_control)
+        {
             self.err(
                 &format!("{path}.display_name"),
                 "1 to 80 printable characters",
@@ -543,7 +546,9 @@ impl Builder<'_> {
             }
         }
         for (ours, theirs) in &claims {
-            if ["sub", "iss", "provider", "acr", "amr", "user", "population"].contains(&ours.as_str()) {
+            if ["sub", "iss", "provider", "acr", "amr", "user", "population"]
+                .contains(&ours.as_str())
+            {
                 self.err(
                     &format!("{path}.claims.{ours}"),
                     format!("`{ours}` always comes from the ID token itself and cannot be mapped"),

@@ -352,10 +352,7 @@ impl<'a> Builder<'a> {
         }
         self.top_level_keys();
 
-        for (key, feature) in [
-            ("rate_limits", "Rate limits"),
-            ("risk", "Risk scoring"),
-        ] {
+        for (key, feature) in [("rate_limits", "Rate limits"), ("risk", "Risk scoring")] {
             if root.get(key).is_some() {
                 self.err(
                     key,
@@ -1040,9 +1037,7 @@ impl Builder<'_> {
             let Some(raw) = self.decode::<RawRoute>(rnode, &path) else {
                 continue;
             };
-            if let Some(spec) =
-                self.route(raw, &path, rnode, upstreams, defs, case_insensitive)
-            {
+            if let Some(spec) = self.route(raw, &path, rnode, upstreams, defs, case_insensitive) {
                 if let Some(prev) = routes.iter().find(|r| r.name == spec.name) {
                     self.err(
                         &format!("{path}.name"),

@@ -227,7 +227,9 @@ mod tests {
             "Safari on iPhone"
         );
         assert_eq!(
-            device_summary(Some("Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0")),
+            device_summary(Some(
+                "Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0"
+            )),
             "Firefox on Linux"
         );
         assert_eq!(device_summary(None), "Unknown device");

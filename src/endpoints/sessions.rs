@@ -47,7 +47,10 @@ pub async fn list(session: &Session, rt: &Runtime) -> Outcome {
                 })
             })
             .collect();
-        return json(200, serde_json::json!({ "sessions": items, "csrf": me.csrf }));
+        return json(
+            200,
+            serde_json::json!({ "sessions": items, "csrf": me.csrf }),
+        );
     }
     let rows: Vec<SessionRow> = listed
         .iter()

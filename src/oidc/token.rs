@@ -238,10 +238,7 @@ pub async fn validate_logout_token<'p>(
     // (an access token, an ID token) is not a logout token.
     if let Some(typ) = header.typ.as_deref() {
         let t = typ.to_ascii_lowercase();
-        if !matches!(
-            t.as_str(),
-            "jwt" | "logout+jwt" | "application/logout+jwt"
-        ) {
+        if !matches!(t.as_str(), "jwt" | "logout+jwt" | "application/logout+jwt") {
             return Err("token-type-invalid");
         }
     }

@@ -107,6 +107,9 @@ pub struct SealedTokens {
     /// When the access token expires (Unix ms), if the provider said.
     #[serde(default)]
     pub access_expires_ms: Option<u64>,
+    /// When the access token was obtained (Unix ms).
+    #[serde(default)]
+    pub access_issued_ms: Option<u64>,
 }
 
 /// Which token, as the sealing context names it.
@@ -293,6 +296,18 @@ impl SessionManager {
         Ok(Some((bytes, ttl)))
     }
 
+    /// Why `s` has ended by `now` under its population's timeouts, if it has.
+    fn timed_out(&self, s: &Session, now: u64) -> Option<Ended> {
+        let (t, _) = self.rules(s);
+        if now >= s.created_ms + t.absolute.as_millis() as u64 {
+            Some(Ended::AbsoluteTimeout)
+        } else if now >= s.last_seen_ms + t.idle.as_millis() as u64 {
+            Some(Ended::IdleTimeout)
+        } else {
+            None
+        }
+    }
+
     async fn write(&self, id_hash: &str, s: &Session, now: u64) -> Result<(), StoreError> {
         let Some((bytes, ttl)) = self.record(s, now)? else {
             return Ok(());
@@ -365,18 +380,11 @@ impl SessionManager {
             return Ok(Err(Ended::Unknown));
         };
         let now = self.clock.now_ms();
-        let (t, _) = self.rules(&s);
-        let ended = if now >= s.created_ms + t.absolute.as_millis() as u64 {
-            Some(Ended::AbsoluteTimeout)
-        } else if now >= s.last_seen_ms + t.idle.as_millis() as u64 {
-            Some(Ended::IdleTimeout)
-        } else {
-            None
-        };
-        if let Some(reason) = ended {
+        if let Some(reason) = self.timed_out(&s, now) {
             self.remove(&hash, &s).await?;
             return Ok(Err(reason));
         }
+        let (t, _) = self.rules(&s);
         if now >= s.last_seen_ms + t.touch_every.as_millis() as u64 {
             s.last_seen_ms = now;
             // Only over the record as read: a concurrent update (new tokens from a
@@ -498,7 +506,10 @@ impl SessionManager {
         Ok(ended)
     }
 
-    /// The user's live sessions as (id hash, session), oldest first.
+    /// The user's live sessions as (id hash, session), oldest first. Sessions past their
+    /// idle timeout are left out although their records linger until the store expires
+    /// them (or a request ends them): listed, they would be offered to the user and the
+    /// operator as live, and counted against `max_sessions` at the next login.
     pub async fn list_user(&self, user_key: &str) -> Result<Vec<(String, Session)>, StoreError> {
         let now = self.clock.now_ms();
         let index = keys::user_sessions(user_key);
@@ -507,7 +518,9 @@ impl SessionManager {
             match self.store.get(&keys::session(&hash)).await? {
                 Some(bytes) => {
                     if let Ok(s) = serde_json::from_slice::<Session>(&bytes) {
-                        out.push((hash, s));
+                        if self.timed_out(&s, now).is_none() {
+                            out.push((hash, s));
+                        }
                     }
                 }
                 // Expired or ended elsewhere: keep the index honest.

@@ -23,8 +23,8 @@ pub use manager::{
     handle, sid_key, user_key, Created, Ended, PopulationRules, SealedTokens, Session, SessionId,
     SessionManager, SessionTimeouts, TokenKind,
 };
-pub use sealing::{Sealer, SealingKey};
 pub use memory::MemoryStore;
 pub use metered::Metered;
 pub use redis_store::{RedisStore, RedisStoreConfig};
+pub use sealing::{Sealer, SealingKey};
 pub use store::{SessionStore, StoreError};

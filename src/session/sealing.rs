@@ -76,7 +76,11 @@ impl Sealer {
         if keys.is_empty() {
             return None;
         }
-        let fingerprint = keys.iter().map(|k| k.id.as_str()).collect::<Vec<_>>().join(",");
+        let fingerprint = keys
+            .iter()
+            .map(|k| k.id.as_str())
+            .collect::<Vec<_>>()
+            .join(",");
         Some(Sealer { keys, fingerprint })
     }
 
