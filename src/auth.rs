@@ -148,7 +148,9 @@ async fn from_bearer(
             "provider-unavailable" => Decision::Unavailable { reason },
             _ => unauthorized(reason, Some("invalid_token")),
         })?;
-    let identity = flow::identity(provider, &claims);
+    let mut identity = flow::identity(provider, &claims);
+    identity.population =
+        policy::population_of(&rt.config.populations, &identity).map(|p| p.name.clone());
     Ok(Authenticated {
         identity,
         session_id: None,

@@ -150,6 +150,7 @@ async fn refresh(rt: &Runtime, id: &SessionId, stale: Session) -> Result<Session
     match provider.refresh_tokens(&d, &refresh_token).await {
         Ok(resp) => {
             let Some(access) = resp.access_token.as_deref() else {
+                rt.metrics.token_refresh(&pid, "invalid-response");
                 return end(rt, id).await;
             };
             // A new ID token must be about the same user (OpenID Connect Core §12.2).
@@ -158,6 +159,7 @@ async fn refresh(rt: &Runtime, id: &SessionId, stale: Session) -> Result<Session
                     .await
                     .is_err()
                 {
+                    rt.metrics.token_refresh(&pid, "invalid-response");
                     return end(rt, id).await;
                 }
             }
@@ -182,9 +184,10 @@ async fn refresh(rt: &Runtime, id: &SessionId, stale: Session) -> Result<Session
             rt.metrics.token_refresh(&pid, "success");
             Ok(s)
         }
-        Err(ProviderError::Status { status, .. }) if (400..500).contains(&status) => {
-            // The provider refuses: the grant was revoked, the user disabled, or the
-            // session ended there. So it ends here.
+        Err(ProviderError::Status { ref detail, .. }) if detail == "invalid_grant" => {
+            // The provider refuses the grant: revoked, the user disabled, or the session
+            // ended there. So it ends here. (Other errors, such as a wrong client secret
+            // or a rate limit, are ours or passing, and must not end every session.)
             rt.metrics.token_refresh(&pid, "rejected");
             end(rt, id).await
         }

@@ -406,10 +406,10 @@ impl Builder<'_> {
                     );
                     continue;
                 }
-                for d in &spec.domains {
+                for (j, d) in spec.domains.iter().enumerate() {
                     if let Some(other) = out.iter().find(|p| p.domains.contains(d)) {
                         self.err(
-                            &format!("{path}.domains"),
+                            &format!("{path}.domains[{j}]"),
                             format!("{d:?} is already listed for provider {:?}: a domain leads to one provider", other.id),
                         );
                     }
@@ -467,13 +467,13 @@ impl Builder<'_> {
             }
         }
         let display_name = display_name.unwrap_or_else(|| id.clone());
-        if display_name.is_empty()
-            || display_name.len() > 80
+        if display_name.trim().is_empty()
+            || display_name.chars().count() > 80
             || display_name.chars().any(char::is_control)
         {
             self.err(
                 &format!("{path}.display_name"),
-                "1 to 80 printable characters",
+                format!("{display_name:?}: 1 to 80 printable characters"),
             );
         }
         match url::Url::parse(&issuer) {

@@ -290,18 +290,25 @@ pub async fn callback(session: &Session, ctx: &RequestCtx, query: &str) -> Outco
             return fail(&provider, "session-store-unavailable", 503);
         }
     };
-    metrics.sessions_ended("evicted", created.evicted);
+    crate::lifecycle::sessions_ended(rt, &created.evicted, "evicted");
     metrics.session_created(created.session.population.as_deref());
     metrics.login_completed(
         &provider,
         now.saturating_sub(done.started_ms) as f64 / 1000.0,
     );
+    // The cookie lives as long as the session can: its population's absolute timeout.
+    let lifetime = created
+        .session
+        .population
+        .as_deref()
+        .and_then(|name| rt.config.populations.iter().find(|p| p.name == name))
+        .map_or(spec.absolute_timeout, |p| p.absolute_timeout);
     let cookies = vec![
         cookies::set(
             spec,
             &spec.cookie_name,
             created.id.as_cookie_value(),
-            spec.absolute_timeout.as_secs(),
+            lifetime.as_secs(),
         ),
         cookies::clear(spec, &spec.login_cookie_name),
     ];

@@ -412,7 +412,7 @@ pub fn prepare_upstream_request(
     ctx.rt.hygiene.strip(up);
     cookies::strip_ours(up, ctx.rt.config.session.cookie_names());
     if let (Some(a), Some(idx)) = (&ctx.identity, ctx.route) {
-        inject_identity(up, ctx, &ctx.rt.routes[idx], &a.identity)?;
+        inject_identity(up, ctx, &ctx.rt.routes[idx], a)?;
     }
     let authority = ctx.target.as_ref().and_then(|t| t.authority.as_deref());
     let host = match authority {
@@ -451,14 +451,16 @@ fn inject_identity(
     up: &mut RequestHeader,
     ctx: &RequestCtx,
     route: &crate::runtime::Route,
-    id: &crate::session::Session,
+    a: &crate::auth::Authenticated,
 ) -> Result<()> {
+    let id = &a.identity;
     for (name, template) in &route.headers {
         if let Some(v) = template.render(id) {
             up.insert_header(name.clone(), v)?;
         }
     }
-    if route.identity.forward_access_token {
+    // A request that authenticated with its own bearer token (login_or_bearer) keeps it.
+    if route.identity.forward_access_token && a.session_id.is_some() {
         // The client's own Authorization never reaches an upstream that expects ours.
         up.remove_header(&header::AUTHORIZATION);
         if let Some(t) = ctx.rt.sessions.token(id, crate::session::TokenKind::Access) {

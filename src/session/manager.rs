@@ -204,7 +204,8 @@ pub struct SessionManager {
 pub struct Created {
     pub id: SessionId,
     pub session: Session,
-    pub evicted: usize,
+    /// Sessions ended to make room (over the population's `max_sessions`).
+    pub evicted: Vec<Session>,
 }
 
 impl SessionManager {
@@ -347,13 +348,13 @@ impl SessionManager {
         if s.csrf.is_empty() {
             s.csrf = SessionId::generate().0;
         }
-        let mut evicted = 0;
+        let mut evicted = Vec::new();
         if let (_, Some(max)) = self.rules(&s) {
             let existing = self.list_user(&s.user_key()).await?;
             let excess = (existing.len() + 1).saturating_sub(max as usize);
             for (hash, old) in existing.iter().take(excess) {
                 if self.remove(hash, old).await? {
-                    evicted += 1;
+                    evicted.push(old.clone());
                 }
             }
         }
@@ -385,7 +386,13 @@ impl SessionManager {
             return Ok(Err(reason));
         }
         let (t, _) = self.rules(&s);
-        if now >= s.last_seen_ms + t.touch_every.as_millis() as u64 {
+        // A record written before sessions had an anti-forgery token (a rolling upgrade
+        // over a shared store) gets one now; without it the user could not sign out.
+        let backfill = s.csrf.is_empty();
+        if backfill {
+            s.csrf = SessionId::generate().0;
+        }
+        if backfill || now >= s.last_seen_ms + t.touch_every.as_millis() as u64 {
             s.last_seen_ms = now;
             // Only over the record as read: a concurrent update (new tokens from a
             // refresh) must not be overwritten by this request's older copy. If it was
