@@ -149,8 +149,17 @@ async fn from_bearer(
             _ => unauthorized(reason, Some("invalid_token")),
         })?;
     let mut identity = flow::identity(provider, &claims);
-    identity.population =
-        policy::population_of(&rt.config.populations, &identity).map(|p| p.name.clone());
+    let population = policy::population_of(&rt.config.populations, &identity);
+    // As at login: the population's minimum level holds for its tokens too, or a token
+    // below it would pass routes reserved for that population.
+    if let Some(min) = population.and_then(|p| p.acr.as_ref()) {
+        if !policy::meets_acr(min, &identity) {
+            return Err(Decision::Deny {
+                reason: "acr-insufficient",
+            });
+        }
+    }
+    identity.population = population.map(|p| p.name.clone());
     Ok(Authenticated {
         identity,
         session_id: None,
