@@ -108,6 +108,62 @@ impl Page {
     }
 }
 
+impl Page {
+    /// The submit buttons of the form whose opening tag contains `marker`, each as
+    /// `(name, value, label)` (label: the button's text, trimmed, entities decoded).
+    /// Like [`Page::form`], meant for simple markup (the gateway's own pages).
+    pub fn buttons(&self, marker: &str) -> Vec<(String, String, String)> {
+        let body = self.body.as_str();
+        let mut from = 0;
+        while let Some(start) = body[from..].find("<form").map(|i| i + from) {
+            let Some(tag_end) = body[start..].find('>').map(|i| i + start) else {
+                break;
+            };
+            from = tag_end;
+            if !body[start..=tag_end].contains(marker) {
+                continue;
+            }
+            let end = body[tag_end..]
+                .find("</form>")
+                .map_or(body.len(), |i| i + tag_end);
+            let inner = &body[tag_end..end];
+            let mut out = Vec::new();
+            let mut at = 0;
+            while let Some(i) = inner[at..].find("<button").map(|i| i + at) {
+                let Some(open_end) = inner[i..].find('>').map(|j| i + j) else {
+                    break;
+                };
+                let tag = &inner[i..open_end];
+                let close = inner[open_end..]
+                    .find("</button>")
+                    .map_or(inner.len(), |j| open_end + j);
+                let label = unescape(inner[open_end + 1..close].trim());
+                out.push((
+                    attr(tag, "name").unwrap_or_default(),
+                    attr(tag, "value").unwrap_or_default(),
+                    label,
+                ));
+                at = close;
+            }
+            return out;
+        }
+        Vec::new()
+    }
+}
+
+impl Form {
+    /// The URL a GET submission of this form requests: its action with its fields and
+    /// then `extra` (a pressed button's name and value, a typed email) as the query.
+    pub fn get_url(&self, extra: &[(&str, &str)]) -> String {
+        let mut url = Url::parse(&self.action).expect("form action is an absolute URL");
+        url.set_query(None);
+        url.query_pairs_mut()
+            .extend_pairs(self.fields.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .extend_pairs(extra);
+        url.into()
+    }
+}
+
 /// A form found by [`Page::form`].
 #[derive(Debug, Clone)]
 pub struct Form {
@@ -190,7 +246,24 @@ impl Browser {
 
     /// POST `application/x-www-form-urlencoded`.
     pub async fn post_form(&self, url: &str, fields: &[(&str, &str)]) -> Page {
-        Self::read(url, self.client.post(url).form(fields).send().await).await
+        self.post_form_with(url, fields, &[]).await
+    }
+
+    /// POST `application/x-www-form-urlencoded` with extra request headers.
+    pub async fn post_form_with(
+        &self,
+        url: &str,
+        fields: &[(&str, &str)],
+        headers: &[(&str, &str)],
+    ) -> Page {
+        let mut req = self.client.post(url).form(fields);
+        for (name, value) in headers {
+            req = req.header(
+                HeaderName::from_bytes(name.as_bytes()).expect("header name"),
+                HeaderValue::from_str(value).expect("header value"),
+            );
+        }
+        Self::read(url, req.send().await).await
     }
 
     async fn read(url: &str, sent: reqwest::Result<reqwest::Response>) -> Page {

@@ -245,32 +245,56 @@ impl Gateway {
         admin_port: u16,
         policies: &[(&str, &str)],
     ) -> Gateway {
-        write_config(dir.path(), yaml, policies);
-        let log = dir.path().join("portcullis.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-            .arg("run")
-            .arg("--config")
-            .arg(dir.path().join("gateway.yaml"))
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut gw = Gateway {
-            port,
-            admin_port,
-            dir,
-            child,
-            log,
-        };
-        gw.wait_ready().await;
-        gw
+        let (mut yaml, mut port, mut admin_port) = (yaml.to_string(), port, admin_port);
+        let mut dir = Some(dir);
+        // A port picked free can be taken by someone else before the gateway binds it
+        // (another test, an outgoing connection): then start again on other ports.
+        for attempt in 0.. {
+            write_config(dir.as_ref().unwrap().path(), &yaml, policies);
+            let log = dir.as_ref().unwrap().path().join("portcullis.log");
+            let child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+                .arg("run")
+                .arg("--config")
+                .arg(dir.as_ref().unwrap().path().join("gateway.yaml"))
+                .env("RUST_LOG", "info")
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .unwrap();
+            let mut gw = Gateway {
+                port,
+                admin_port,
+                dir: dir.take().unwrap(),
+                child,
+                log,
+            };
+            match gw.wait_ready().await {
+                Ok(()) => return gw,
+                Err(logs) if attempt < 3 && logs.contains("in use") => {
+                    let (p, a) = (free_port(), free_port());
+                    yaml = yaml
+                        .replace(&format!("127.0.0.1:{port}"), &format!("127.0.0.1:{p}"))
+                        .replace(
+                            &format!("127.0.0.1:{admin_port}"),
+                            &format!("127.0.0.1:{a}"),
+                        );
+                    (port, admin_port) = (p, a);
+                    let _ = gw.child.kill();
+                    let _ = gw.child.wait();
+                    dir = Some(std::mem::replace(&mut gw.dir, tempfile::tempdir().unwrap()));
+                }
+                Err(logs) => panic!("{logs}"),
+            }
+        }
+        unreachable!()
     }
 
-    async fn wait_ready(&mut self) {
+    /// Waits until the admin listener says ready and the proxy listener accepts; the
+    /// failure says why, with the gateway's log.
+    async fn wait_ready(&mut self) -> Result<(), String> {
         for _ in 0..500 {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("portcullis exited with {status}:\n{}", self.logs());
+                return Err(format!("portcullis exited with {status}:\n{}", self.logs()));
             }
             if let Ok(r) = try_send(
                 self.admin_port,
@@ -281,13 +305,13 @@ impl Gateway {
                 if r.status == 200 {
                     // The admin service is up; make sure the proxy listener is too.
                     if TcpStream::connect(("127.0.0.1", self.port)).await.is_ok() {
-                        return;
+                        return Ok(());
                     }
                 }
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        panic!("portcullis did not become ready:\n{}", self.logs());
+        Err(format!("portcullis did not become ready:\n{}", self.logs()))
     }
 
     pub fn logs(&self) -> String {

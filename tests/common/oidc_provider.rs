@@ -181,14 +181,63 @@ impl OidcProvider {
         provider
     }
 
+    /// Stops the provider now (as on drop): it no longer answers, its port is closed.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Everything the provider wrote to stderr so far (requests, logins, errors,
     /// back-channel logout results).
     pub fn logs(&self) -> String {
         self.logs.lock().unwrap().clone()
     }
 
+    /// The access tokens issued so far, in order, as `(grant type, fingerprint)` read
+    /// from the provider's log (`access_token.saved gty=... sha256=...`, see
+    /// `server.mjs`); compare with [`fingerprint`] of a token seen elsewhere. The grant
+    /// type is the last of oidc-provider's chain: `authorization_code` for a token from
+    /// the code grant, `refresh_token` for one from a refresh.
+    pub fn issued_access_tokens(&self) -> Vec<(String, String)> {
+        self.logs()
+            .lines()
+            .filter_map(|l| {
+                let rest = l.split_once("access_token.saved gty=")?.1;
+                let (gty, fp) = rest.split_once(" sha256=")?;
+                let last = gty.rsplit(' ').next().unwrap_or(gty);
+                Some((last.to_string(), fp.trim().to_string()))
+            })
+            .collect()
+    }
+
+    /// Destroys every grant of the account `sub` at the provider (`/_test/revoke-grants`,
+    /// see `server.mjs`), so its refresh tokens are refused from now on; returns how
+    /// many grants there were.
+    pub async fn revoke_grants(&self, sub: &str) -> u64 {
+        let resp = reqwest::Client::new()
+            .post(format!("{}/_test/revoke-grants", self.issuer))
+            .form(&[("sub", sub)])
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("revoke-grants: {e}\n{}", self.logs()));
+        assert_eq!(resp.status(), 200, "revoke-grants\n{}", self.logs());
+        let v: serde_json::Value = resp.json().await.expect("revoke-grants answers JSON");
+        v["revoked"].as_u64().expect("revoked count")
+    }
+
     /// `<issuer>/.well-known/openid-configuration`.
     pub fn discovery_url(&self) -> String {
         format!("{}/.well-known/openid-configuration", self.issuer)
     }
+}
+
+/// How `server.mjs` names a token in its log: the first 16 hex digits of its SHA-256.
+pub fn fingerprint(token: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(token.as_bytes())
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }

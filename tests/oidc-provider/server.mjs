@@ -52,6 +52,17 @@
 // post_logout_redirect_uri (with state) or to /session/end/success. Back-channel logout
 // tokens (with sid: backchannel_logout_session_required is set) are posted to clients'
 // backchannel_logout_uri, loopback addresses included, before that 303 is sent.
+// GET /session/end without id_token_hint works too (the logout page asks the same way);
+// confirming it with logout=yes ends the provider session and notifies every client of it.
+//
+// TEST CONTROL: POST /_test/revoke-grants with the form field `sub` destroys every grant
+// of that account (as an administrator revoking a user's access would): its refresh
+// tokens are refused from then on (invalid_grant). Answers {"revoked": <count>}.
+//
+// TOKENS IN THE LOG: every access token issued is logged on stderr as
+//   access_token.saved gty=<grant type> sha256=<first 16 hex digits of SHA-256(token)>
+// never the token itself. The grant type is oidc-provider's chain of grants:
+// "authorization_code" at login, "authorization_code refresh_token" after a refresh.
 
 import * as crypto from 'node:crypto';
 import * as http from 'node:http';
@@ -125,6 +136,11 @@ function clientMetadata(spec) {
     client.backchannel_logout_session_required = true;
   }
   return client;
+}
+
+// The first 16 hex digits of a value's SHA-256: enough to tell tokens apart in logs.
+function fingerprint(value) {
+  return crypto.createHash('sha256').update(String(value)).digest('hex').slice(0, 16);
 }
 
 function escapeHtml(value) {
@@ -344,6 +360,25 @@ if (config.accessTokenTtl !== undefined) ttl.AccessToken = Number(config.accessT
 
 let provider;
 let providerCallback;
+// Grant ids by account id, for /_test/revoke-grants.
+const grantsByAccount = new Map();
+
+async function revokeGrants(req, res) {
+  const form = await readForm(req);
+  const sub = form.get('sub') ?? '';
+  let revoked = 0;
+  for (const grantId of grantsByAccount.get(sub) ?? []) {
+    const grant = await provider.Grant.find(grantId);
+    if (grant) {
+      await grant.destroy();
+      revoked += 1;
+    }
+  }
+  grantsByAccount.delete(sub);
+  log(`revoked ${revoked} grant(s) of ${JSON.stringify(sub)}`);
+  res.writeHead(200, { 'content-type': 'application/json' });
+  res.end(JSON.stringify({ revoked }));
+}
 
 const server = http.createServer((req, res) => {
   const url = new URL(req.url, 'http://127.0.0.1');
@@ -351,6 +386,14 @@ const server = http.createServer((req, res) => {
   if (req.method === 'GET' && url.pathname === '/auth') {
     const rewritten = keepOfflineAccess(url);
     if (rewritten) req.url = rewritten;
+  }
+  if (req.method === 'POST' && url.pathname === '/_test/revoke-grants') {
+    revokeGrants(req, res).catch((err) => {
+      log(`revoke error: ${err.stack ?? err}`);
+      if (!res.headersSent) res.writeHead(500);
+      res.end();
+    });
+    return;
   }
   if (url.pathname.startsWith('/interaction/')) {
     handleInteraction(provider, req, res, url).catch((err) => {
@@ -440,6 +483,14 @@ ${Object.entries(out).map(([k, v]) => `<p data-portcullis-error="${escapeHtml(k)
   provider.on('backchannel.success', (_ctx, client, accountId, sid) => log(`backchannel.success ${client.clientId} sub=${accountId} sid=${sid}`));
   provider.on('end_session.success', () => log('end_session.success'));
   provider.on('grant.success', () => log('grant.success'));
+  provider.on('grant.saved', (grant) => {
+    const ids = grantsByAccount.get(grant.accountId) ?? new Set();
+    ids.add(grant.jti);
+    grantsByAccount.set(grant.accountId, ids);
+  });
+  // Which grant issued which access token, without printing the token (opaque access
+  // tokens are their own id): tests compare fingerprints with what an upstream received.
+  provider.on('access_token.saved', (token) => log(`access_token.saved gty=${token.gty} sha256=${fingerprint(token.jti)}`));
 
   process.stdout.write(`${JSON.stringify({ ready: true, issuer })}\n`);
 });
