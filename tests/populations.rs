@@ -7,19 +7,17 @@
 mod common;
 
 use common::browser::{Browser, Page};
+use common::hook::Hook;
 use common::identity::wait_discovered;
 use common::test_idp::{TestIdp, TokenHeader};
-use common::{eventually, free_port, series_value, upstream_app, Echo, Gateway};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
+use common::{free_port, series_value, upstream_app, Echo, Gateway};
 use portcullis::clock::{Clock, FakeClock};
 use portcullis::config;
 use portcullis::metrics::Metrics;
 use portcullis::runtime::Runtime;
 use portcullis::session::{Ended, Session, SessionId};
 use serde_json::{json, Value};
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 const MIN: Duration = Duration::from_secs(60);
@@ -317,75 +315,6 @@ async fn each_population_has_its_own_absolute_timeout() {
 // ---------------------------------------------------------------------------
 // Through the gateway: selection, routes, unmatched users, minimum acr.
 // ---------------------------------------------------------------------------
-
-/// Receives `logout.notify` events: every JSON body posted to it, in order.
-struct Hook {
-    addr: SocketAddr,
-    events: Arc<Mutex<Vec<Value>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Hook {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl Hook {
-    async fn start() -> Hook {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let events: Arc<Mutex<Vec<Value>>> = Arc::default();
-        let events2 = events.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let events = events2.clone();
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(
-                        move |req: hyper::Request<hyper::body::Incoming>| {
-                            let events = events.clone();
-                            async move {
-                                let body = req.into_body().collect().await.unwrap().to_bytes();
-                                let v = serde_json::from_slice(&body).unwrap_or_else(
-                                    |_| json!({ "unparsed": String::from_utf8_lossy(&body) }),
-                                );
-                                events.lock().unwrap().push(v);
-                                Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
-                                    Bytes::new(),
-                                )))
-                            }
-                        },
-                    );
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
-        Hook { addr, events, task }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}/hook", self.addr)
-    }
-
-    fn events(&self) -> Vec<Value> {
-        self.events.lock().unwrap().clone()
-    }
-
-    /// The first event with `reason`, waiting for it to arrive (it is sent off the
-    /// request path).
-    async fn wait_for(&self, reason: &str) -> Value {
-        eventually(Duration::from_secs(10), || async {
-            self.events().into_iter().find(|e| e["reason"] == reason)
-        })
-        .await
-        .unwrap_or_else(|| panic!("no {reason} event; got {:?}", self.events()))
-    }
-}
 
 const LOA1: &str = "urn:portcullis:loa:1";
 const LOA2: &str = "urn:portcullis:loa:2";

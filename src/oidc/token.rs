@@ -30,6 +30,36 @@ pub async fn validate_id_token(
     nonce: &str,
     now_s: u64,
 ) -> Result<Claims, &'static str> {
+    let claims = check_id_token(provider, raw, now_s).await?;
+    match claims.get("nonce").and_then(Value::as_str) {
+        Some(n) if constant_time_eq(n, nonce) => {}
+        _ => return Err("nonce-mismatch"),
+    }
+    Ok(claims)
+}
+
+/// Checks an ID token returned by a refresh (OpenID Connect Core §12.2): as at login,
+/// and about the same `sub` as the session's.
+pub async fn validate_refreshed_id_token(
+    provider: &Provider,
+    raw: &str,
+    subject: &str,
+    now_s: u64,
+) -> Result<Claims, &'static str> {
+    let claims = check_id_token(provider, raw, now_s).await?;
+    if claims.get("sub").and_then(Value::as_str) != Some(subject) {
+        return Err("token-subject-changed");
+    }
+    Ok(claims)
+}
+
+/// What every ID token from `provider` must pass: signature, `iss`, `aud` = our client,
+/// times, and `azp`.
+async fn check_id_token(
+    provider: &Provider,
+    raw: &str,
+    now_s: u64,
+) -> Result<Claims, &'static str> {
     let d = provider.discovered().ok_or("provider-unavailable")?;
     let client_id = provider
         .spec
@@ -58,10 +88,6 @@ pub async fn validate_id_token(
         Some(azp) if azp != client_id => return Err("token-azp-mismatch"),
         None if several => return Err("token-azp-mismatch"),
         _ => {}
-    }
-    match claims.get("nonce").and_then(Value::as_str) {
-        Some(n) if constant_time_eq(n, nonce) => {}
-        _ => return Err("nonce-mismatch"),
     }
     Ok(claims)
 }
@@ -186,38 +212,6 @@ async fn verify(
         Some(Some(s)) if !s.is_empty() && s.len() <= 255 => {}
         None if !required.contains(&"sub") => {}
         _ => return Err("token-claim-missing"),
-    }
-    Ok(claims)
-}
-
-/// Checks an ID token returned by a refresh (OpenID Connect Core §12.2): signed by the
-/// provider, for us, current, and about the same `sub` as the session's.
-pub async fn validate_refreshed_id_token(
-    provider: &Provider,
-    raw: &str,
-    subject: &str,
-    now_s: u64,
-) -> Result<Claims, &'static str> {
-    let d = provider.discovered().ok_or("provider-unavailable")?;
-    let client_id = provider
-        .spec
-        .client
-        .as_ref()
-        .map(|c| c.client_id.as_str())
-        .ok_or("provider-unavailable")?;
-    let header = jsonwebtoken::decode_header(raw).map_err(|_| malformed_reason(raw))?;
-    let claims = verify(
-        provider,
-        raw,
-        &header,
-        &d.id_token_algorithms,
-        client_id,
-        TOKEN_CLAIMS,
-    )
-    .await?;
-    check_times(&claims, now_s, true)?;
-    if claims.get("sub").and_then(Value::as_str) != Some(subject) {
-        return Err("token-subject-changed");
     }
     Ok(claims)
 }

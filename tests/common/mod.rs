@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod hook;
 pub mod identity;
 pub mod oidc_provider;
 pub mod redis;
