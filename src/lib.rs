@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod oidc;
 pub mod policy;
 pub mod proxy;
+pub mod ratelimit;
 pub mod refresh;
 pub mod responses;
 pub mod routing;

@@ -47,6 +47,8 @@ struct IdentityMetrics {
     backchannel: IntCounterVec,
     refreshes: IntCounterVec,
     logout_notifications: IntCounterVec,
+    rate_limited: IntCounterVec,
+    rate_limit_fallbacks: IntCounterVec,
 }
 
 fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -210,6 +212,16 @@ impl Metrics {
                 "Calls to logout.notify, by result (success or error).",
                 &["result"],
             ),
+            rate_limited: counter(
+                "portcullis_rate_limited_total",
+                "Requests refused by a rate limit (429, or 503 when a shared limit fails closed), by limit and route.",
+                &["limit", "route"],
+            ),
+            rate_limit_fallbacks: counter(
+                "portcullis_rate_limit_fallbacks_total",
+                "Checks of a shared limit that could not reach the store, by limit and what was done (local or deny).",
+                &["limit", "action"],
+            ),
         };
         identity.store_up.set(1);
         for c in [
@@ -229,6 +241,8 @@ impl Metrics {
             Box::new(identity.backchannel.clone()),
             Box::new(identity.refreshes.clone()),
             Box::new(identity.logout_notifications.clone()),
+            Box::new(identity.rate_limited.clone()),
+            Box::new(identity.rate_limit_fallbacks.clone()),
         ] {
             must(registry.register(c));
         }
@@ -368,6 +382,20 @@ impl Metrics {
         self.identity
             .logout_notifications
             .with_label_values(&[if ok { "success" } else { "error" }])
+            .inc();
+    }
+
+    pub fn rate_limited(&self, limit: &str, route: &str) {
+        self.identity
+            .rate_limited
+            .with_label_values(&[limit, route])
+            .inc();
+    }
+
+    pub fn rate_limit_fallback(&self, limit: &str, fail_closed: bool) {
+        self.identity
+            .rate_limit_fallbacks
+            .with_label_values(&[limit, if fail_closed { "deny" } else { "local" }])
             .inc();
     }
 

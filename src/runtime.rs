@@ -11,6 +11,7 @@ use crate::headers::{HeaderHygiene, TrustedProxies};
 use crate::identity_headers::{self, AssertionSigner, HeaderTemplates};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::oidc::Provider;
+use crate::ratelimit::Limit;
 use crate::routing::RouteMatcher;
 use crate::session::{
     MemoryStore, Metered, PopulationRules, RedisStore, RedisStoreConfig, Sealer, SealingKey,
@@ -33,6 +34,10 @@ pub struct Route {
     pub metrics: RouteMetrics,
     pub identity: RouteAuth,
     pub headers: HeaderTemplates,
+    /// Limits whose keys are known before authentication, then those needing the
+    /// session or user.
+    pub limits_before_auth: Vec<Arc<Limit>>,
+    pub limits_after_auth: Vec<Arc<Limit>>,
 }
 
 /// One immutable configuration generation, ready for the request path.
@@ -62,6 +67,10 @@ pub struct Runtime {
     pub keeps_access_tokens: bool,
     /// For calls to `logout.notify` (no redirects, short timeouts).
     pub http: reqwest::Client,
+    /// Every named limit (state kept across reloads while a limit's settings stay).
+    pub limits: BTreeMap<String, Arc<Limit>>,
+    /// The limits of `/.portcullis/login` and `/.portcullis/callback`.
+    pub login_limits: Vec<Arc<Limit>>,
 }
 
 /// Route label of the gateway's own endpoints.
@@ -89,10 +98,32 @@ impl Runtime {
             };
             upstreams.insert(name.clone(), u);
         }
+        let mut limits = BTreeMap::new();
+        for spec in &cfg.rate_limits {
+            let reused = previous
+                .and_then(|p| p.limits.get(&spec.name))
+                .filter(|l| &l.spec == spec)
+                .cloned();
+            limits.insert(
+                spec.name.clone(),
+                reused.unwrap_or_else(|| Arc::new(Limit::new(spec.clone()))),
+            );
+        }
+        let pick = |names: &[String], before: bool| -> Vec<Arc<Limit>> {
+            names
+                .iter()
+                .filter_map(|n| limits.get(n))
+                .filter(|l| l.spec.before_auth() == before)
+                .cloned()
+                .collect()
+        };
+        let login_limits = pick(&cfg.login.rate_limits, true);
         let routes = cfg
             .routes
             .iter()
             .map(|r| Route {
+                limits_before_auth: pick(&r.rate_limits, true),
+                limits_after_auth: pick(&r.rate_limits, false),
                 name: Arc::from(r.name.as_str()),
                 matcher: r.matcher.clone(),
                 auth: r.auth,
@@ -172,6 +203,8 @@ impl Runtime {
             sealer,
             keeps_access_tokens: cfg.routes.iter().any(|r| r.identity.forward_access_token),
             http,
+            limits,
+            login_limits,
             routes,
             upstreams,
             config: cfg,

@@ -103,8 +103,8 @@ fn spawn_provider_refresher(gateway: Arc<Gateway>) {
 /// How often the number of sessions in the store is sampled.
 const COUNT_SESSIONS_EVERY: Duration = Duration::from_secs(10);
 
-/// Samples `portcullis_sessions_active`; counting also prunes lapsed sessions from the
-/// store's index of all sessions.
+/// Samples `portcullis_sessions_active` (counting also prunes lapsed sessions from the
+/// store's index of all sessions) and prunes the local rate limiters.
 fn spawn_session_counter(gateway: Arc<Gateway>) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(COUNT_SESSIONS_EVERY);
@@ -113,6 +113,10 @@ fn spawn_session_counter(gateway: Arc<Gateway>) {
             let rt = gateway.snapshot();
             if let Ok(n) = rt.sessions.count_active().await {
                 rt.metrics.sessions_active(n);
+            }
+            // Local limiters forget keys whose budget is full again.
+            for l in rt.limits.values() {
+                l.prune();
             }
         }
     });

@@ -61,6 +61,27 @@ async fn conformance(store: &dyn SessionStore, clock: &dyn Clock, advance: Advan
     assert_eq!(store.get(&absent).await.unwrap(), None);
     store.delete(&cas).await.unwrap();
 
+    // gcra: a burst of 3, then one per period; keys are independent
+    let rl = keys::lock("rl-test");
+    let period = Duration::from_secs(60);
+    for _ in 0..3 {
+        assert_eq!(store.gcra(&rl, period, 3).await.unwrap(), Ok(()));
+    }
+    match store.gcra(&rl, period, 3).await.unwrap() {
+        Err(wait) => assert!(
+            wait > Duration::from_secs(58) && wait <= period,
+            "about a period to wait: {wait:?}"
+        ),
+        Ok(()) => panic!("the fourth request of a burst of 3 must wait"),
+    }
+    assert_eq!(
+        store
+            .gcra(&keys::lock("rl-other"), period, 3)
+            .await
+            .unwrap(),
+        Ok(())
+    );
+
     // put_if_absent is a lock: only the first wins until it is released or expires
     let lock = keys::lock("refresh:abc");
     assert!(store.put_if_absent(&lock, b"owner-a", ttl).await.unwrap());

@@ -663,6 +663,7 @@ pub(super) struct IdentityDefs<'a> {
     pub providers: &'a [ProviderSpec],
     pub populations: &'a [PopulationSpec],
     pub session: &'a SessionSpec,
+    pub rate_limits: &'a [super::RateLimitSpec],
 }
 
 /// Validation of a route's identity settings, given the providers.

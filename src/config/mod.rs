@@ -7,6 +7,7 @@
 
 mod auth;
 mod error;
+mod limits;
 pub mod node;
 mod raw;
 mod secret;
@@ -17,6 +18,7 @@ pub use auth::{
     BUILTIN_PLACEHOLDERS,
 };
 pub use error::{ConfigError, ConfigErrors, Diagnostics};
+pub use limits::{KeyPart, LoginSpec, RateLimitSpec};
 pub use raw::ClaimValue;
 pub use secret::{Secret, SecretRef};
 
@@ -55,6 +57,8 @@ pub struct GatewayConfig {
     pub providers: Vec<ProviderSpec>,
     pub populations: Vec<PopulationSpec>,
     pub logout: LogoutSpec,
+    pub rate_limits: Vec<RateLimitSpec>,
+    pub login: LoginSpec,
     pub assertion: AssertionSpec,
     pub warnings: Vec<ConfigError>,
 }
@@ -154,6 +158,8 @@ pub struct RouteSpec {
     pub upstream: Option<String>,
     /// Identity requirements and headers (empty for public and deny routes).
     pub identity: RouteAuth,
+    /// Names of the limits applied to the route's requests.
+    pub rate_limits: Vec<String>,
 }
 
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -179,6 +185,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "assertion",
     "populations",
     "logout",
+    "login",
     "rate_limits",
     "risk",
 ];
@@ -352,7 +359,7 @@ impl<'a> Builder<'a> {
         }
         self.top_level_keys();
 
-        for (key, feature) in [("rate_limits", "Rate limits"), ("risk", "Risk scoring")] {
+        for (key, feature) in [("risk", "Risk scoring")] {
             if root.get(key).is_some() {
                 self.err(
                     key,
@@ -392,6 +399,8 @@ impl<'a> Builder<'a> {
         let session = self.session(base, public_url.as_ref());
         let populations = self.populations(&providers, &session);
         let logout = self.logout();
+        let rate_limits = self.rate_limits(&session);
+        let login = self.login(&rate_limits);
         let assertion = self.assertion(base);
         if let Some(u) = &public_url {
             if !providers.is_empty() && !u.https && !is_loopback_host(&u.host) {
@@ -421,6 +430,7 @@ impl<'a> Builder<'a> {
                 providers: &providers,
                 populations: &populations,
                 session: &session,
+                rate_limits: &rate_limits,
             },
             case_insensitive_paths,
             &mut stamps,
@@ -467,6 +477,8 @@ impl<'a> Builder<'a> {
             providers,
             populations,
             logout,
+            rate_limits,
+            login,
             assertion,
             warnings: Vec::new(),
         })
@@ -1149,12 +1161,12 @@ impl Builder<'_> {
             &[
                 (step_up.is_some(), "step_up"),
                 (deny_when_risk_at_least.is_some(), "deny_when_risk_at_least"),
-                (rate_limits.is_some(), "rate_limits"),
                 (journey.is_some(), "journey"),
             ],
             "is not available in this version yet",
         );
 
+        let rate_limits = self.route_limits(rate_limits, auth, path, defs.rate_limits);
         let matcher = self.matcher(raw_matcher, &format!("{path}.match"), case_insensitive);
         let upstream = match (&raw_upstream, auth) {
             (Some(u), _) => {
@@ -1194,6 +1206,7 @@ impl Builder<'_> {
             auth,
             upstream,
             identity,
+            rate_limits,
         })
     }
 

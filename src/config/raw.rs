@@ -116,7 +116,7 @@ pub struct RawRoute {
     #[serde(default)]
     pub deny_when_risk_at_least: Option<IgnoredAny>,
     #[serde(default)]
-    pub rate_limits: Option<IgnoredAny>,
+    pub rate_limits: Option<Vec<String>>,
     #[serde(default)]
     pub journey: Option<IgnoredAny>,
     #[serde(default)]
@@ -331,4 +331,38 @@ pub enum RawAuth {
     Bearer,
     /// A bearer token when one is sent, else a browser session.
     LoginOrBearer,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    pub key: OneOrMany,
+    pub rate: String,
+    #[serde(default)]
+    pub burst: Option<u32>,
+    #[serde(default)]
+    pub store: Option<RawLimitStore>,
+    #[serde(default)]
+    pub on_store_error: Option<RawOnStoreError>,
+}
+
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RawLimitStore {
+    Local,
+    Shared,
+}
+
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RawOnStoreError {
+    Local,
+    Deny,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawLogin {
+    #[serde(default)]
+    pub rate_limits: Vec<String>,
 }

@@ -222,6 +222,21 @@ pub async fn refuse_or_pass(
     }
     if let Some((path, query)) = endpoint_target(ctx) {
         ctx.endpoint = true;
+        // Logins are limited before any state is stored or any provider is called.
+        if matches!(&path[endpoints::PREFIX.len()..], "login" | "callback") {
+            let rt = ctx.rt.clone();
+            if limited(
+                session,
+                ctx,
+                &rt.login_limits,
+                crate::runtime::ENDPOINTS_ROUTE,
+                None,
+            )
+            .await?
+            {
+                return Ok(true);
+            }
+        }
         let outcome = endpoints::serve(session, ctx, &path, &query).await;
         endpoints::send(session, ctx, outcome).await?;
         return Ok(true);
@@ -232,8 +247,22 @@ pub async fn refuse_or_pass(
     };
     let rt = ctx.rt.clone();
     let route = &rt.routes[idx];
+    if limited(session, ctx, &route.limits_before_auth, &route.name, None).await? {
+        return Ok(true);
+    }
     let (decision, identity) = auth::authorize(&rt, route, &session.req_header().headers).await;
     if decision == Decision::Allow {
+        if limited(
+            session,
+            ctx,
+            &route.limits_after_auth,
+            &route.name,
+            identity.as_ref(),
+        )
+        .await?
+        {
+            return Ok(true);
+        }
         ctx.identity = identity;
         return Ok(false);
     }
@@ -244,6 +273,62 @@ pub async fn refuse_or_pass(
     }
     answer(session, ctx, route, decision).await?;
     Ok(true)
+}
+
+/// Spends one request of each limit; answers 429 (with `Retry-After`) or 503 and
+/// returns true when one refuses.
+async fn limited(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    limits: &[std::sync::Arc<crate::ratelimit::Limit>],
+    route: &str,
+    identity: Option<&auth::Authenticated>,
+) -> Result<bool> {
+    use crate::ratelimit::{self, Refusal};
+    if limits.is_empty() {
+        return Ok(false);
+    }
+    let rt = ctx.rt.clone();
+    let session_hash = identity
+        .and_then(|a| a.session_id.as_ref())
+        .map(|id| id.hash());
+    let user = identity.map(|a| a.identity.namespaced_user());
+    let input = ratelimit::KeyInput {
+        client_ip: ctx.client_ip,
+        session: session_hash.as_deref(),
+        user: user.as_deref(),
+        route,
+        headers: &session.req_header().headers,
+    };
+    for limit in limits {
+        let (result, fell_back) = ratelimit::check(limit, rt.store.as_ref(), &input).await;
+        if fell_back {
+            rt.metrics
+                .rate_limit_fallback(&limit.spec.name, limit.spec.fail_closed);
+        }
+        let Err(refusal) = result else {
+            continue;
+        };
+        rt.metrics.rate_limited(&limit.spec.name, route);
+        match refusal {
+            Refusal::Limited(wait) => {
+                let secs = ratelimit::retry_after_secs(wait).to_string();
+                send_error_with_headers(
+                    session,
+                    ctx,
+                    429,
+                    "rate-limited",
+                    &[(header::RETRY_AFTER, secs)],
+                )
+                .await?;
+            }
+            Refusal::Unavailable => {
+                send_error(session, ctx, 503, "rate-limit-unavailable").await?;
+            }
+        }
+        return Ok(true);
+    }
+    Ok(false)
 }
 
 /// The path and query of a request for one of our endpoints.

@@ -212,6 +212,31 @@ impl SessionStore for MemoryStore {
         Ok(n)
     }
 
+    async fn gcra(
+        &self,
+        key: &str,
+        period: Duration,
+        burst: u32,
+    ) -> Result<Result<(), Duration>, StoreError> {
+        // The same step as the Redis script, in microseconds on the injected clock.
+        let now = self.clock.now_ms().saturating_mul(1000);
+        let period_us = crate::ratelimit::micros(period);
+        let tolerance = period_us.saturating_mul(u64::from(burst.max(1) - 1));
+        let mut inner = self.lock();
+        let tat = inner
+            .live(key, now / 1000)
+            .and_then(|e| e.value.as_slice().try_into().ok().map(u64::from_be_bytes))
+            .unwrap_or(now)
+            .max(now);
+        if now + tolerance < tat {
+            return Ok(Err(Duration::from_micros(tat - tolerance - now)));
+        }
+        let next = tat + period_us;
+        let expires_ms = next.div_ceil(1000) + 1;
+        inner.insert(key, &next.to_be_bytes(), expires_ms, now / 1000);
+        Ok(Ok(()))
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
     }

@@ -81,6 +81,14 @@ impl SessionStore for Metered {
     async fn index_count(&self, key: &str, now_ms: u64) -> Result<u64, StoreError> {
         self.note("index", self.inner.index_count(key, now_ms).await)
     }
+    async fn gcra(
+        &self,
+        key: &str,
+        period: Duration,
+        burst: u32,
+    ) -> Result<Result<(), Duration>, StoreError> {
+        self.note("rate-limit", self.inner.gcra(key, period, burst).await)
+    }
     async fn ping(&self) -> Result<(), StoreError> {
         self.note("ping", self.inner.ping().await)
     }

@@ -34,6 +34,7 @@ pub struct RedisStore {
     compare_and_delete: redis::Script,
     compare_and_put: redis::Script,
     index_add: redis::Script,
+    gcra: redis::Script,
 }
 
 fn unavailable(e: redis::RedisError) -> StoreError {
@@ -64,6 +65,7 @@ impl RedisStore {
             compare_and_put: redis::Script::new(
                 "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) return 1 else return 0 end",
             ),
+            gcra: redis::Script::new(crate::ratelimit::GCRA_SCRIPT),
             // ZADD, then keep the index alive as long as its longest-lived member.
             index_add: redis::Script::new(
                 "redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1]) \
@@ -225,6 +227,29 @@ impl SessionStore for RedisStore {
             .await
             .map_err(unavailable)?;
         Ok(n)
+    }
+
+    async fn gcra(
+        &self,
+        key: &str,
+        period: Duration,
+        burst: u32,
+    ) -> Result<Result<(), Duration>, StoreError> {
+        let mut c = self.conn().await?;
+        let period_us = crate::ratelimit::micros(period);
+        let wait_us: i64 = self
+            .gcra
+            .key(self.key(key))
+            .arg(period_us)
+            .arg(period_us.saturating_mul(u64::from(burst.max(1) - 1)))
+            .invoke_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        Ok(if wait_us < 0 {
+            Ok(())
+        } else {
+            Err(Duration::from_micros(wait_us as u64))
+        })
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

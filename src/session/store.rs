@@ -73,6 +73,16 @@ pub trait SessionStore: Send + Sync + 'static {
     /// How many members are not yet expired at `now_ms`; expired ones are pruned.
     async fn index_count(&self, key: &str, now_ms: u64) -> Result<u64, StoreError>;
 
+    /// One step of GCRA rate limiting on `key`: a budget of `burst` requests, one more
+    /// earned every `period`. `Ok(Err(wait))` when over the budget: allowed again after
+    /// `wait`. Atomic across every gateway sharing the store.
+    async fn gcra(
+        &self,
+        key: &str,
+        period: Duration,
+        burst: u32,
+    ) -> Result<Result<(), Duration>, StoreError>;
+
     /// Cheap liveness check for readiness probes.
     async fn ping(&self) -> Result<(), StoreError>;
 }
