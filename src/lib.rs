@@ -19,6 +19,7 @@ pub mod policy;
 pub mod proxy;
 pub mod ratelimit;
 pub mod refresh;
+pub mod regulation;
 pub mod responses;
 pub mod routing;
 pub mod runtime;

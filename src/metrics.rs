@@ -49,6 +49,7 @@ struct IdentityMetrics {
     logout_notifications: IntCounterVec,
     rate_limited: IntCounterVec,
     rate_limit_fallbacks: IntCounterVec,
+    login_regulation: IntCounterVec,
 }
 
 fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -217,6 +218,11 @@ impl Metrics {
                 "Requests refused by a rate limit (429, or 503 when a shared limit fails closed), by limit and route.",
                 &["limit", "route"],
             ),
+            login_regulation: counter(
+                "portcullis_login_regulation_total",
+                "Failed-login regulation: logins held back (action backoff or ban, at login start) and bans begun (action ban-started, at a failure), by what was counted (ip or account).",
+                &["action", "kind"],
+            ),
             rate_limit_fallbacks: counter(
                 "portcullis_rate_limit_fallbacks_total",
                 "Checks of a shared limit that could not reach the store, by limit and what was done (local or deny).",
@@ -243,6 +249,7 @@ impl Metrics {
             Box::new(identity.logout_notifications.clone()),
             Box::new(identity.rate_limited.clone()),
             Box::new(identity.rate_limit_fallbacks.clone()),
+            Box::new(identity.login_regulation.clone()),
         ] {
             must(registry.register(c));
         }
@@ -389,6 +396,13 @@ impl Metrics {
         self.identity
             .rate_limited
             .with_label_values(&[limit, route])
+            .inc();
+    }
+
+    pub fn login_regulated(&self, action: &'static str, kind: &'static str) {
+        self.identity
+            .login_regulation
+            .with_label_values(&[action, kind])
             .inc();
     }
 

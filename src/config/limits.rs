@@ -55,6 +55,21 @@ impl RateLimitSpec {
 pub struct LoginSpec {
     /// Limits applied to `/.portcullis/login` and `/.portcullis/callback`.
     pub rate_limits: Vec<String>,
+    /// Failed-login regulation, when configured.
+    pub regulation: Option<RegulationSpec>,
+}
+
+/// `login.regulation`: failed logins counted per account and per client address, in
+/// the session store (so across the fleet); past a threshold each new login waits
+/// (back-off), past the maximum it is refused for `ban`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegulationSpec {
+    pub window: Duration,
+    pub max_failures: u32,
+    pub max_failures_per_ip: u32,
+    pub backoff_after: u32,
+    pub backoff: Duration,
+    pub ban: Duration,
 }
 
 /// `"50/s"`, `"10/min"`, `"100/h"`, `"1000/day"`: (count, unit).
@@ -184,8 +199,30 @@ impl Builder<'_> {
                 Some(_) => {}
             }
         }
+        let regulation = raw.regulation.map(|r| {
+            let p = |k: &str| format!("login.regulation.{k}");
+            let spec = RegulationSpec {
+                window: self.duration(&r.window, &p("window"), Duration::from_secs(600)),
+                max_failures: r.max_failures.unwrap_or(5),
+                max_failures_per_ip: r.max_failures_per_ip.unwrap_or(50),
+                backoff_after: r.backoff_after.unwrap_or(3),
+                backoff: self.duration(&r.backoff, &p("backoff"), Duration::from_secs(1)),
+                ban: self.duration(&r.ban, &p("ban"), Duration::from_secs(900)),
+            };
+            if spec.max_failures == 0 || spec.max_failures_per_ip == 0 {
+                self.err(&p("max_failures"), "thresholds are at least 1");
+            }
+            if spec.backoff_after >= spec.max_failures.min(spec.max_failures_per_ip) {
+                self.warn(
+                    &p("backoff_after"),
+                    "is not below max_failures, so logins are banned before any back-off",
+                );
+            }
+            spec
+        });
         LoginSpec {
             rate_limits: raw.rate_limits,
+            regulation,
         }
     }
 

@@ -18,7 +18,7 @@ pub use auth::{
     BUILTIN_PLACEHOLDERS,
 };
 pub use error::{ConfigError, ConfigErrors, Diagnostics};
-pub use limits::{KeyPart, LoginSpec, RateLimitSpec};
+pub use limits::{KeyPart, LoginSpec, RateLimitSpec, RegulationSpec};
 pub use raw::ClaimValue;
 pub use secret::{Secret, SecretRef};
 

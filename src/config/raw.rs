@@ -365,4 +365,23 @@ pub enum RawOnStoreError {
 pub struct RawLogin {
     #[serde(default)]
     pub rate_limits: Vec<String>,
+    #[serde(default)]
+    pub regulation: Option<RawRegulation>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawRegulation {
+    #[serde(default)]
+    pub window: Option<String>,
+    #[serde(default)]
+    pub max_failures: Option<u32>,
+    #[serde(default)]
+    pub max_failures_per_ip: Option<u32>,
+    #[serde(default)]
+    pub backoff_after: Option<u32>,
+    #[serde(default)]
+    pub backoff: Option<String>,
+    #[serde(default)]
+    pub ban: Option<String>,
 }

@@ -7,6 +7,7 @@ use crate::cookies;
 use crate::oidc::flow::{self, CallbackParams, StartOptions};
 use crate::policy;
 use crate::proxy::RequestCtx;
+use crate::regulation::{self, Subject};
 use crate::runtime::Runtime;
 use crate::session::{SealedTokens, SessionId, TokenKind};
 use http::header;
@@ -56,7 +57,8 @@ fn email_domain(email: &str) -> Option<String> {
     .then(|| domain.to_ascii_lowercase())
 }
 
-pub async fn login(session: &Session, rt: &Runtime, query: &str) -> Outcome {
+pub async fn login(session: &Session, ctx: &RequestCtx, query: &str) -> Outcome {
+    let rt = &ctx.rt;
     let params = LoginParams::parse(query);
     let return_to = flow::safe_return_path(params.rd.as_deref().unwrap_or("/"));
     // The providers that may satisfy the route the user was sent from, in its order;
@@ -139,6 +141,23 @@ pub async fn login(session: &Session, rt: &Runtime, query: &str) -> Outcome {
         // Not yet discovered (a provider that just came up): one more try now, within
         // the same back-off as the background task.
         provider.refresh().await;
+    }
+    if let Some(spec) = &rt.config.login.regulation {
+        let mut subjects = Vec::with_capacity(2);
+        if let Some(ip) = ctx.client_ip {
+            subjects.push(Subject::Ip(ip));
+        }
+        if let Some(h) = hint {
+            subjects.push(Subject::Account(h));
+        }
+        match regulation::check(rt.store.as_ref(), spec, &subjects, rt.clock.now_ms()).await {
+            Ok(None) => {}
+            Ok(Some(held)) => {
+                rt.metrics.login_regulated(held.action, held.kind);
+                return pages::too_many_attempts(held.wait);
+            }
+            Err(_) => return error(503, "session-store-unavailable"),
+        }
     }
     let acr_values = population_acr_values(rt, &chosen.id);
     let spec = &rt.config.session;
@@ -238,34 +257,26 @@ pub async fn callback(session: &Session, ctx: &RequestCtx, query: &str) -> Outco
         now,
     )
     .await;
-    let fail = |provider: &str, reason: &'static str, status: u16| {
-        metrics.login_failed(provider, reason);
-        log::info!(
-            "request {}: login failed at callback: {reason} (provider {provider})",
-            ctx.request_id
-        );
-        error(status, reason)
-    };
     let mut done = match finished {
         Ok(done) => done,
         Err(f) => {
-            return fail(
-                f.provider.as_deref().unwrap_or("unknown"),
-                f.reason,
-                f.status,
-            )
+            let provider = f.provider.as_deref().unwrap_or("unknown");
+            return failed(ctx, provider, f.reason, f.status, f.account.as_deref()).await;
         }
     };
     let provider = done.session.provider.clone();
+    let user = done.session.namespaced_user();
+    let fail =
+        |reason: &'static str, status: u16| failed(ctx, &provider, reason, status, Some(&user));
     // The population decides the session's rules; with populations configured, a user
     // in none of them does not get a session.
     if !rt.config.populations.is_empty() {
         let Some(pop) = policy::population_of(&rt.config.populations, &done.session) else {
-            return fail(&provider, "population-unmatched", 403);
+            return fail("population-unmatched", 403).await;
         };
         if let Some(min) = &pop.acr {
             if !policy::meets_acr(min, &done.session) {
-                return fail(&provider, "acr-insufficient", 403);
+                return fail("acr-insufficient", 403).await;
             }
         }
         done.session.population = Some(pop.name.clone());
@@ -287,7 +298,7 @@ pub async fn callback(session: &Session, ctx: &RequestCtx, query: &str) -> Outco
                 "request {}: cannot store the new session: {e}",
                 ctx.request_id
             );
-            return fail(&provider, "session-store-unavailable", 503);
+            return fail("session-store-unavailable", 503).await;
         }
     };
     crate::lifecycle::sessions_ended(rt, &created.evicted, "evicted");
@@ -317,6 +328,45 @@ pub async fn callback(session: &Session, ctx: &RequestCtx, query: &str) -> Outco
         format!("{}{}", rt.public_url.origin, done.return_to),
         cookies,
     )
+}
+
+/// A login that failed at the callback: counted, logged, and regulated (4xx failures
+/// count against the client's address; the user's own against their account too).
+async fn failed(
+    ctx: &RequestCtx,
+    provider: &str,
+    reason: &'static str,
+    status: u16,
+    account: Option<&str>,
+) -> Outcome {
+    let rt = &ctx.rt;
+    rt.metrics.login_failed(provider, reason);
+    log::info!(
+        "request {}: login failed at callback: {reason} (provider {provider})",
+        ctx.request_id
+    );
+    if let Some(spec) = &rt.config.login.regulation {
+        if (400..500).contains(&status) {
+            let mut subjects = Vec::with_capacity(2);
+            if let Some(ip) = ctx.client_ip {
+                subjects.push(Subject::Ip(ip));
+            }
+            if let Some(a) = account.filter(|_| regulation::counts_against_account(reason)) {
+                subjects.push(Subject::Account(a));
+            }
+            match regulation::record_failure(rt.store.as_ref(), spec, &subjects, rt.clock.now_ms())
+                .await
+            {
+                Ok(banned) => {
+                    for kind in banned {
+                        rt.metrics.login_regulated("ban-started", kind);
+                    }
+                }
+                Err(e) => log::warn!("login regulation: cannot count a failure: {e}"),
+            }
+        }
+    }
+    error(status, reason)
 }
 
 /// Seals the tokens the session needs: the ID token (the `id_token_hint` of logout)

@@ -97,7 +97,7 @@ pub async fn serve(session: &mut Session, ctx: &RequestCtx, path: &str, query: &
         "userinfo" | "jwks.json" if !readable => error(405, "method-not-allowed"),
         "logout" | "sessions" if !(get || post) => error(405, "method-not-allowed"),
         "backchannel-logout" if !post => error(405, "method-not-allowed"),
-        "login" => login::login(session, rt, query).await,
+        "login" => login::login(session, ctx, query).await,
         "callback" => login::callback(session, ctx, query).await,
         "logout" if get => logout::confirm(session, rt).await,
         "logout" => logout::logout(session, ctx).await,

@@ -120,6 +120,29 @@ pub fn signed_out(home: &str) -> Outcome {
     )
 }
 
+/// Login start refused by regulation: a friendly page, 429 with `Retry-After`.
+pub fn too_many_attempts(wait: std::time::Duration) -> Outcome {
+    let secs = crate::ratelimit::retry_after_secs(wait);
+    let when = if secs < 90 {
+        format!("{secs} seconds")
+    } else {
+        format!("{} minutes", secs.div_ceil(60))
+    };
+    let mut out = page(
+        429,
+        "Too many sign-in attempts",
+        &format!(
+            "<h1>Too many sign-in attempts</h1><p>For your security, signing in is paused. \
+             Please try again in {when}.</p><p class=\"note\">Reason: <code>login-regulated</code></p>"
+        ),
+    );
+    if let Outcome::Reply(r) = &mut out {
+        r.headers
+            .push((http::header::RETRY_AFTER, secs.to_string()));
+    }
+    out
+}
+
 /// One row of the sessions page.
 pub struct SessionRow {
     pub handle: String,

@@ -34,6 +34,10 @@ struct LoginState {
     /// SHA-256 of the browser-binding cookie's value.
     binding: String,
     started_ms: u64,
+    /// The account the user said they are (home-realm discovery's email), for
+    /// failed-login regulation.
+    #[serde(default)]
+    hint: Option<String>,
 }
 
 /// Where to send the browser, and the binding cookie to set if it had none.
@@ -67,6 +71,8 @@ pub struct Failure {
     pub reason: &'static str,
     pub status: u16,
     pub provider: Option<String>,
+    /// The account the login was for, when the user named one.
+    pub account: Option<String>,
 }
 
 fn fail(reason: &'static str, status: u16, provider: Option<&str>) -> Failure {
@@ -74,6 +80,7 @@ fn fail(reason: &'static str, status: u16, provider: Option<&str>) -> Failure {
         reason,
         status,
         provider: provider.map(str::to_string),
+        account: None,
     }
 }
 
@@ -154,6 +161,7 @@ pub async fn start(
         return_to: return_to.to_string(),
         binding: keys::sha256_hex(binding.as_bytes()),
         started_ms: now_ms,
+        hint: options.login_hint.map(str::to_string),
     };
     let bytes = serde_json::to_vec(&record).map_err(|_| fail("internal-error", 500, id))?;
     let stored = store
@@ -236,6 +244,24 @@ pub async fn finish<'p>(
     let bytes = taken.ok_or_else(|| fail("state-mismatch", 400, None))?;
     let login: LoginState =
         serde_json::from_slice(&bytes).map_err(|_| fail("state-mismatch", 400, None))?;
+    let account = login.hint.clone();
+    finish_login(find_provider, login, params, binding, client, now_ms)
+        .await
+        .map_err(|mut f| {
+            f.account = account;
+            f
+        })
+}
+
+/// The rest of [`finish`], once the login state is taken.
+async fn finish_login<'p>(
+    find_provider: impl Fn(&str) -> Option<&'p Provider>,
+    login: LoginState,
+    params: &CallbackParams,
+    binding: Option<&str>,
+    client: Client<'_>,
+    now_ms: u64,
+) -> Result<Finished, Failure> {
     let id = Some(login.provider.as_str());
     let bound = binding.is_some_and(|b| {
         use subtle::ConstantTimeEq;

@@ -1,0 +1,250 @@
+//! Failed-login regulation (`login.regulation`), in the session store so that every
+//! gateway sharing it sees the same counts.
+//!
+//! Failures are counted per client address (IPv6 by /64, so a host cannot step through
+//! its own addresses) and per account (the email given for home-realm discovery). Past
+//! `backoff_after` failures within `window`, each new login must wait `backoff`,
+//! doubling with every further failure; at `max_failures` (per account) or
+//! `max_failures_per_ip` the login start is refused for `ban`.
+//!
+//! | key | holds |
+//! |---|---|
+//! | `reg:{<hash>}:failures` | failure times (an index, members expire after `window`) |
+//! | `reg:{<hash>}:last` | the latest failure (Unix ms) |
+//! | `reg:{<hash>}:ban` | present while banned; its value is the end (Unix ms) |
+
+use crate::config::RegulationSpec;
+use crate::session::{keys, SessionStore, StoreError};
+use std::net::IpAddr;
+use std::time::Duration;
+
+/// What is counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subject<'a> {
+    Ip(IpAddr),
+    Account(&'a str),
+}
+
+impl Subject<'_> {
+    /// Metric label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Subject::Ip(_) => "ip",
+            Subject::Account(_) => "account",
+        }
+    }
+
+    fn hash(&self) -> String {
+        let text = match self {
+            Subject::Ip(IpAddr::V4(a)) => format!("ip|{a}"),
+            Subject::Ip(IpAddr::V6(a)) => {
+                let s = a.segments();
+                format!("ip6|{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+            Subject::Account(a) => format!("account|{}", a.trim().to_lowercase()),
+        };
+        keys::sha256_hex(text.as_bytes())
+    }
+
+    fn threshold(&self, spec: &RegulationSpec) -> u32 {
+        match self {
+            Subject::Ip(_) => spec.max_failures_per_ip,
+            Subject::Account(_) => spec.max_failures,
+        }
+    }
+}
+
+fn key(s: &Subject<'_>, what: &str) -> String {
+    format!("reg:{{{}}}:{what}", s.hash())
+}
+
+/// Why a login may not start now, and for how long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Held {
+    pub action: &'static str,
+    pub kind: &'static str,
+    pub wait: Duration,
+}
+
+fn read_ms(v: Option<Vec<u8>>) -> Option<u64> {
+    v.and_then(|b| std::str::from_utf8(&b).ok()?.parse().ok())
+}
+
+/// May a login start for these subjects at `now_ms`? The first hold found, if any.
+pub async fn check(
+    store: &dyn SessionStore,
+    spec: &RegulationSpec,
+    subjects: &[Subject<'_>],
+    now_ms: u64,
+) -> Result<Option<Held>, StoreError> {
+    for s in subjects {
+        if let Some(until) = read_ms(store.get(&key(s, "ban")).await?) {
+            if until > now_ms {
+                return Ok(Some(Held {
+                    action: "ban",
+                    kind: s.kind(),
+                    wait: Duration::from_millis(until - now_ms),
+                }));
+            }
+        }
+        let n = store.index_count(&key(s, "failures"), now_ms).await?;
+        if n >= u64::from(spec.backoff_after) && n > 0 {
+            let extra = (n - u64::from(spec.backoff_after)).min(20) as u32;
+            let wait = spec
+                .backoff
+                .saturating_mul(1u32 << extra.min(16))
+                .min(spec.ban);
+            if let Some(last) = read_ms(store.get(&key(s, "last")).await?) {
+                let until = last.saturating_add(wait.as_millis() as u64);
+                if until > now_ms {
+                    return Ok(Some(Held {
+                        action: "backoff",
+                        kind: s.kind(),
+                        wait: Duration::from_millis(until - now_ms),
+                    }));
+                }
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Counts a failed login against each subject; returns the subjects' kinds that are
+/// banned by this failure.
+pub async fn record_failure(
+    store: &dyn SessionStore,
+    spec: &RegulationSpec,
+    subjects: &[Subject<'_>],
+    now_ms: u64,
+) -> Result<Vec<&'static str>, StoreError> {
+    let mut banned = Vec::new();
+    let window_end = now_ms.saturating_add(spec.window.as_millis() as u64);
+    for s in subjects {
+        let failures = key(s, "failures");
+        // A unique member per failure: the count is how many happened in the window.
+        let member = crate::oidc::flow::random_token();
+        store.index_add(&failures, &member, window_end).await?;
+        store
+            .put(&key(s, "last"), now_ms.to_string().as_bytes(), spec.window)
+            .await?;
+        let n = store.index_count(&failures, now_ms).await?;
+        if n >= u64::from(s.threshold(spec)) {
+            let until = now_ms.saturating_add(spec.ban.as_millis() as u64);
+            store
+                .put(&key(s, "ban"), until.to_string().as_bytes(), spec.ban)
+                .await?;
+            banned.push(s.kind());
+        }
+    }
+    Ok(banned)
+}
+
+/// Callback failures that count against the account: the user's own doing at the
+/// provider or a login refused for who they are. Every 4xx failure counts against the
+/// address (forged or replayed callbacks included).
+pub fn counts_against_account(reason: &str) -> bool {
+    matches!(
+        reason,
+        "access-denied" | "acr-insufficient" | "population-unmatched"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::FakeClock;
+    use crate::session::MemoryStore;
+    use std::sync::Arc;
+
+    fn spec() -> RegulationSpec {
+        RegulationSpec {
+            window: Duration::from_secs(600),
+            max_failures: 5,
+            max_failures_per_ip: 8,
+            backoff_after: 3,
+            backoff: Duration::from_secs(1),
+            ban: Duration::from_secs(900),
+        }
+    }
+
+    #[tokio::test]
+    async fn failures_back_off_then_ban_and_the_ban_expires() {
+        let clock = FakeClock::new();
+        let store = MemoryStore::with_clock(Arc::new(clock.clone()));
+        let spec = spec();
+        let alice = [Subject::Account("Alice@Example.com")];
+        let now = |c: &FakeClock| c.now_ms();
+        use crate::clock::Clock;
+        for _ in 0..2 {
+            record_failure(&store, &spec, &alice, now(&clock))
+                .await
+                .unwrap();
+            assert_eq!(
+                check(&store, &spec, &alice, now(&clock)).await.unwrap(),
+                None
+            );
+        }
+        // The third failure: each login now waits 1 s, then 2 s after the fourth.
+        record_failure(&store, &spec, &alice, now(&clock))
+            .await
+            .unwrap();
+        let held = check(&store, &spec, &alice, now(&clock))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((held.action, held.kind), ("backoff", "account"));
+        assert_eq!(held.wait, Duration::from_secs(1));
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(
+            check(&store, &spec, &alice, now(&clock)).await.unwrap(),
+            None
+        );
+        record_failure(&store, &spec, &alice, now(&clock))
+            .await
+            .unwrap();
+        let held = check(&store, &spec, &alice, now(&clock))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(held.wait, Duration::from_secs(2));
+        // The fifth: banned for 15 minutes, whatever the case of the address.
+        clock.advance(Duration::from_secs(2));
+        let banned = record_failure(&store, &spec, &alice, now(&clock))
+            .await
+            .unwrap();
+        assert_eq!(banned, ["account"]);
+        let other_case = [Subject::Account("alice@example.com")];
+        let held = check(&store, &spec, &other_case, now(&clock))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((held.action, held.wait), ("ban", Duration::from_secs(900)));
+        assert_eq!(
+            check(
+                &store,
+                &spec,
+                &[Subject::Account("bob@example.com")],
+                now(&clock)
+            )
+            .await
+            .unwrap(),
+            None,
+            "another account is not held"
+        );
+        clock.advance(Duration::from_secs(901));
+        assert_eq!(
+            check(&store, &spec, &alice, now(&clock)).await.unwrap(),
+            None,
+            "ban and window over"
+        );
+    }
+
+    #[test]
+    fn ipv6_addresses_count_by_their_64_prefix() {
+        let a = Subject::Ip("2001:db8:1:2::1".parse().unwrap());
+        let b = Subject::Ip("2001:db8:1:2:ffff::9".parse().unwrap());
+        let c = Subject::Ip("2001:db8:1:3::1".parse().unwrap());
+        assert_eq!(a.hash(), b.hash());
+        assert_ne!(a.hash(), c.hash());
+    }
+}
