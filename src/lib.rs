@@ -3,6 +3,7 @@
 //! Modules map one-to-one onto the jobs in the request path; `proxy` puts them in order.
 
 pub mod admin;
+pub mod audit;
 pub mod auth;
 pub mod clock;
 pub mod config;

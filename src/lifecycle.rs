@@ -1,6 +1,7 @@
 //! What happens when sessions end by someone's action (logout, back-channel logout,
-//! revocation, eviction, a refused refresh): the metric moves, and when `logout.notify`
-//! is configured the upstream is told, off the request path, once per user.
+//! revocation, eviction, a refused refresh): the metric moves, an audit event is
+//! written per session, and when `logout.notify` is configured the upstream is told,
+//! off the request path, once per user.
 
 use crate::runtime::Runtime;
 use crate::session::Session;
@@ -9,6 +10,16 @@ use std::collections::BTreeMap;
 /// Records that `ended` sessions ended for `reason` and notifies the upstream.
 pub fn sessions_ended(rt: &Runtime, ended: &[Session], reason: &'static str) {
     rt.metrics.sessions_ended(reason, ended.len());
+    for s in ended {
+        let mut f = serde_json::Map::new();
+        f.insert("reason".into(), reason.into());
+        f.insert("user".into(), crate::audit::pseudonym(&s.user_key()).into());
+        f.insert("provider".into(), s.provider.clone().into());
+        if let Some(p) = &s.population {
+            f.insert("population".into(), p.clone().into());
+        }
+        rt.audit.emit("session-ended", f);
+    }
     let Some(url) = rt.config.logout.notify.clone() else {
         return;
     };

@@ -50,6 +50,7 @@ struct IdentityMetrics {
     rate_limited: IntCounterVec,
     rate_limit_fallbacks: IntCounterVec,
     login_regulation: IntCounterVec,
+    audit_dropped: IntCounter,
 }
 
 fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -218,6 +219,10 @@ impl Metrics {
                 "Requests refused by a rate limit (429, or 503 when a shared limit fails closed), by limit and route.",
                 &["limit", "route"],
             ),
+            audit_dropped: must(IntCounter::new(
+                "portcullis_audit_events_dropped_total",
+                "Audit events dropped because the writer fell behind (the queue was full).",
+            )),
             login_regulation: counter(
                 "portcullis_login_regulation_total",
                 "Failed-login regulation: logins held back (action backoff or ban, at login start) and bans begun (action ban-started, at a failure), by what was counted (ip or account).",
@@ -250,6 +255,7 @@ impl Metrics {
             Box::new(identity.rate_limited.clone()),
             Box::new(identity.rate_limit_fallbacks.clone()),
             Box::new(identity.login_regulation.clone()),
+            Box::new(identity.audit_dropped.clone()),
         ] {
             must(registry.register(c));
         }
@@ -397,6 +403,10 @@ impl Metrics {
             .rate_limited
             .with_label_values(&[limit, route])
             .inc();
+    }
+
+    pub fn audit_dropped(&self) {
+        self.identity.audit_dropped.inc();
     }
 
     pub fn login_regulated(&self, action: &'static str, kind: &'static str) {

@@ -71,6 +71,8 @@ pub struct Runtime {
     pub limits: BTreeMap<String, Arc<Limit>>,
     /// The limits of `/.portcullis/login` and `/.portcullis/callback`.
     pub login_limits: Vec<Arc<Limit>>,
+    /// The audit log (kept across reloads while its output stays).
+    pub audit: Arc<crate::audit::Audit>,
 }
 
 /// Route label of the gateway's own endpoints.
@@ -161,6 +163,13 @@ impl Runtime {
                 .collect(),
         )
         .with_sealer(sealer.clone());
+        let audit = match previous {
+            Some(p) if p.audit.output == cfg.audit => p.audit.clone(),
+            _ => Arc::new(crate::audit::Audit::new(
+                cfg.audit.clone(),
+                metrics.clone(),
+            )?),
+        };
         let http = match previous {
             Some(p) => p.http.clone(),
             None => crate::oidc::http_client()?,
@@ -205,6 +214,7 @@ impl Runtime {
             http,
             limits,
             login_limits,
+            audit,
             routes,
             upstreams,
             config: cfg,

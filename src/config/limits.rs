@@ -226,6 +226,31 @@ impl Builder<'_> {
         }
     }
 
+    /// `audit:`: `output: stdout` (default), `output: off`, or `file: <path>`.
+    pub(super) fn audit(&mut self, base: &std::path::Path) -> crate::audit::AuditOutput {
+        use crate::audit::AuditOutput;
+        let raw: RawAudit = match self.root.get("audit") {
+            None => RawAudit::default(),
+            Some(n) => self.decode(n, "audit").unwrap_or_default(),
+        };
+        match (raw.output.as_deref(), raw.file) {
+            (None, Some(f)) => AuditOutput::File(base.join(f)),
+            (Some("stdout") | None, None) => AuditOutput::Stdout,
+            (Some("off"), None) => AuditOutput::Off,
+            (Some(_), Some(_)) => {
+                self.err("audit", "give either `output` or `file`, not both");
+                AuditOutput::Off
+            }
+            (Some(o), None) => {
+                self.err(
+                    "audit.output",
+                    format!("{o:?}: stdout or off (or `file: <path>` instead)"),
+                );
+                AuditOutput::Off
+            }
+        }
+    }
+
     /// A route's `rate_limits`: names of defined limits; session and user keys only on
     /// routes that have an identity.
     pub(super) fn route_limits(
@@ -244,6 +269,14 @@ impl Builder<'_> {
                     self.err(
                         &p,
                         format!("limit {name:?} is keyed by session or user, which a route with auth public or deny never has"),
+                    )
+                }
+                // A bearer token carries a user but no session: the limit would never
+                // apply, silently.
+                Some(l) if auth == AuthMode::Bearer && l.key.contains(&KeyPart::Session) => {
+                    self.err(
+                        &p,
+                        format!("limit {name:?} is keyed by session, which a route with auth bearer never has (key it by user)"),
                     )
                 }
                 Some(_) => {}

@@ -59,6 +59,8 @@ pub struct GatewayConfig {
     pub logout: LogoutSpec,
     pub rate_limits: Vec<RateLimitSpec>,
     pub login: LoginSpec,
+    /// Where audit events go.
+    pub audit: crate::audit::AuditOutput,
     pub assertion: AssertionSpec,
     pub warnings: Vec<ConfigError>,
 }
@@ -186,6 +188,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "populations",
     "logout",
     "login",
+    "audit",
     "rate_limits",
     "risk",
 ];
@@ -401,6 +404,7 @@ impl<'a> Builder<'a> {
         let logout = self.logout();
         let rate_limits = self.rate_limits(&session);
         let login = self.login(&rate_limits);
+        let audit = self.audit(base);
         let assertion = self.assertion(base);
         if let Some(u) = &public_url {
             if !providers.is_empty() && !u.https && !is_loopback_host(&u.host) {
@@ -479,6 +483,7 @@ impl<'a> Builder<'a> {
             logout,
             rate_limits,
             login,
+            audit,
             assertion,
             warnings: Vec::new(),
         })

@@ -385,3 +385,12 @@ pub struct RawRegulation {
     #[serde(default)]
     pub ban: Option<String>,
 }
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    #[serde(default)]
+    pub output: Option<String>,
+    #[serde(default)]
+    pub file: Option<String>,
+}

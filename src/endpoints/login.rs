@@ -154,6 +154,15 @@ pub async fn login(session: &Session, ctx: &RequestCtx, query: &str) -> Outcome 
             Ok(None) => {}
             Ok(Some(held)) => {
                 rt.metrics.login_regulated(held.action, held.kind);
+                let mut f = serde_json::Map::new();
+                f.insert("request_id".into(), ctx.request_id.as_str().into());
+                f.insert("action".into(), held.action.into());
+                f.insert("kind".into(), held.kind.into());
+                f.insert(
+                    "retry_after".into(),
+                    crate::ratelimit::retry_after_secs(held.wait).into(),
+                );
+                rt.audit.emit("login-held", f);
                 return pages::too_many_attempts(held.wait);
             }
             Err(_) => return error(503, "session-store-unavailable"),
@@ -345,6 +354,12 @@ async fn failed(
         "request {}: login failed at callback: {reason} (provider {provider})",
         ctx.request_id
     );
+    let mut f = serde_json::Map::new();
+    f.insert("request_id".into(), ctx.request_id.as_str().into());
+    f.insert("provider".into(), provider.into());
+    f.insert("reason".into(), reason.into());
+    f.insert("status".into(), status.into());
+    rt.audit.emit("login-failed", f);
     if let Some(spec) = &rt.config.login.regulation {
         if (400..500).contains(&status) {
             let mut subjects = Vec::with_capacity(2);
@@ -360,6 +375,11 @@ async fn failed(
                 Ok(banned) => {
                     for kind in banned {
                         rt.metrics.login_regulated("ban-started", kind);
+                        let mut f = serde_json::Map::new();
+                        f.insert("request_id".into(), ctx.request_id.as_str().into());
+                        f.insert("kind".into(), kind.into());
+                        f.insert("ban_seconds".into(), spec.ban.as_secs().into());
+                        rt.audit.emit("login-banned", f);
                     }
                 }
                 Err(e) => log::warn!("login regulation: cannot count a failure: {e}"),
