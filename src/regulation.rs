@@ -70,39 +70,56 @@ fn read_ms(v: Option<Vec<u8>>) -> Option<u64> {
     v.and_then(|b| std::str::from_utf8(&b).ok()?.parse().ok())
 }
 
-/// May a login start for these subjects at `now_ms`? The first hold found, if any.
+/// May a login start for these subjects at `now_ms`? The longest hold, if any: the
+/// login may start only when every subject's hold is over, and `Retry-After` says so.
 pub async fn check(
     store: &dyn SessionStore,
     spec: &RegulationSpec,
     subjects: &[Subject<'_>],
     now_ms: u64,
 ) -> Result<Option<Held>, StoreError> {
+    let mut longest: Option<Held> = None;
     for s in subjects {
-        if let Some(until) = read_ms(store.get(&key(s, "ban")).await?) {
+        if let Some(held) = hold(store, spec, s, now_ms).await? {
+            if longest.is_none_or(|l| held.wait > l.wait) {
+                longest = Some(held);
+            }
+        }
+    }
+    Ok(longest)
+}
+
+/// One subject's hold at `now_ms`: its ban, else its back-off.
+async fn hold(
+    store: &dyn SessionStore,
+    spec: &RegulationSpec,
+    s: &Subject<'_>,
+    now_ms: u64,
+) -> Result<Option<Held>, StoreError> {
+    if let Some(until) = read_ms(store.get(&key(s, "ban")).await?) {
+        if until > now_ms {
+            return Ok(Some(Held {
+                action: "ban",
+                kind: s.kind(),
+                wait: Duration::from_millis(until - now_ms),
+            }));
+        }
+    }
+    let n = store.index_count(&key(s, "failures"), now_ms).await?;
+    if n >= u64::from(spec.backoff_after) && n > 0 {
+        let extra = (n - u64::from(spec.backoff_after)).min(20) as u32;
+        let wait = spec
+            .backoff
+            .saturating_mul(1u32 << extra.min(16))
+            .min(spec.ban);
+        if let Some(last) = read_ms(store.get(&key(s, "last")).await?) {
+            let until = last.saturating_add(wait.as_millis() as u64);
             if until > now_ms {
                 return Ok(Some(Held {
-                    action: "ban",
+                    action: "backoff",
                     kind: s.kind(),
                     wait: Duration::from_millis(until - now_ms),
                 }));
-            }
-        }
-        let n = store.index_count(&key(s, "failures"), now_ms).await?;
-        if n >= u64::from(spec.backoff_after) && n > 0 {
-            let extra = (n - u64::from(spec.backoff_after)).min(20) as u32;
-            let wait = spec
-                .backoff
-                .saturating_mul(1u32 << extra.min(16))
-                .min(spec.ban);
-            if let Some(last) = read_ms(store.get(&key(s, "last")).await?) {
-                let until = last.saturating_add(wait.as_millis() as u64);
-                if until > now_ms {
-                    return Ok(Some(Held {
-                        action: "backoff",
-                        kind: s.kind(),
-                        wait: Duration::from_millis(until - now_ms),
-                    }));
-                }
             }
         }
     }

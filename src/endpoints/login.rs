@@ -242,10 +242,8 @@ pub async fn callback(session: &Session, ctx: &RequestCtx, query: &str) -> Outco
     let req = session.req_header();
     let params = match CallbackParams::parse(query) {
         Ok(p) => p,
-        Err(reason) => {
-            metrics.login_failed("unknown", reason);
-            return error(400, reason);
-        }
+        // Counted against the address like every other 4xx callback failure.
+        Err(reason) => return failed(ctx, "unknown", reason, 400, None).await,
     };
     let spec = &rt.config.session;
     let binding = cookies::find(&req.headers, &spec.login_cookie_name);
@@ -274,7 +272,12 @@ pub async fn callback(session: &Session, ctx: &RequestCtx, query: &str) -> Outco
         }
     };
     let provider = done.session.provider.clone();
-    let user = done.session.namespaced_user();
+    // A refusal for who the user turned out to be counts against the account they
+    // named at login start (the one checked there), else against provider:sub.
+    let user = done
+        .hint
+        .clone()
+        .unwrap_or_else(|| done.session.namespaced_user());
     let fail =
         |reason: &'static str, status: u16| failed(ctx, &provider, reason, status, Some(&user));
     // The population decides the session's rules; with populations configured, a user

@@ -53,6 +53,9 @@ pub struct Finished {
     pub started_ms: u64,
     /// The token endpoint's answer, for the tokens a session keeps.
     pub tokens: super::TokenResponse,
+    /// The account the user said they are at login start (home-realm discovery's
+    /// email), for failed-login regulation.
+    pub hint: Option<String>,
 }
 
 /// Optional parameters of an authorization request.
@@ -366,6 +369,7 @@ async fn finish_login<'p>(
         return_to: login.return_to,
         started_ms: login.started_ms,
         tokens,
+        hint: login.hint,
     })
 }
 
