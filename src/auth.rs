@@ -53,7 +53,16 @@ pub async fn authorize(
                     Some(a),
                 );
             }
-            (policy::check(&route.identity.require, &a.identity), Some(a))
+            let decision = policy::check(&route.identity.require, &a.identity);
+            if decision == Decision::Allow {
+                if let Some(step) = &route.identity.step_up {
+                    let now_s = rt.clock.now_ms() / 1000;
+                    if let Some(reason) = policy::step_up_needed(step, &a.identity, now_s) {
+                        return (Decision::StepUp { reason }, Some(a));
+                    }
+                }
+            }
+            (decision, Some(a))
         }
     }
 }

@@ -51,6 +51,7 @@ struct IdentityMetrics {
     rate_limit_fallbacks: IntCounterVec,
     login_regulation: IntCounterVec,
     audit_dropped: IntCounter,
+    step_ups: IntCounterVec,
 }
 
 fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -219,6 +220,11 @@ impl Metrics {
                 "Requests refused by a rate limit (429, or 503 when a shared limit fails closed), by limit and route.",
                 &["limit", "route"],
             ),
+            step_ups: counter(
+                "portcullis_step_ups_total",
+                "Step-up authentication, by route and outcome (challenged, completed, failed) and reason code.",
+                &["route", "outcome", "reason"],
+            ),
             audit_dropped: must(IntCounter::new(
                 "portcullis_audit_events_dropped_total",
                 "Audit events dropped because the writer fell behind (the queue was full).",
@@ -256,6 +262,7 @@ impl Metrics {
             Box::new(identity.rate_limit_fallbacks.clone()),
             Box::new(identity.login_regulation.clone()),
             Box::new(identity.audit_dropped.clone()),
+            Box::new(identity.step_ups.clone()),
         ] {
             must(registry.register(c));
         }
@@ -402,6 +409,18 @@ impl Metrics {
         self.identity
             .rate_limited
             .with_label_values(&[limit, route])
+            .inc();
+    }
+
+    pub fn step_up_challenged(&self, route: &str, reason: &'static str) {
+        self.step_up(route, "challenged", reason);
+    }
+
+    /// A step-up's outcome at the callback: `completed` or `failed` with a reason.
+    pub fn step_up(&self, route: &str, outcome: &'static str, reason: &'static str) {
+        self.identity
+            .step_ups
+            .with_label_values(&[route, outcome, reason])
             .inc();
     }
 

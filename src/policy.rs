@@ -3,7 +3,7 @@
 //! Reasons are kebab-case codes reused verbatim in responses, logs and metrics. The one
 //! place decisions become responses is `proxy::stages::answer`.
 
-use crate::config::{AuthMode, ClaimValue, MinAcr, PopulationSpec, Requirements};
+use crate::config::{AuthMode, ClaimValue, MinAcr, PopulationSpec, Requirements, StepUpSpec};
 use crate::session::Session;
 use serde_json::Value;
 
@@ -24,6 +24,10 @@ pub enum Decision {
     },
     /// Something we depend on is down (session store, provider): fail closed, 503.
     Unavailable { reason: &'static str },
+    /// The user is who the route wants, but must prove more (a higher `acr`, or a
+    /// fresher authentication): browsers go back to the provider, APIs get 401 with an
+    /// RFC 9470 challenge.
+    StepUp { reason: &'static str },
 }
 
 impl Decision {
@@ -31,6 +35,7 @@ impl Decision {
         match *self {
             Decision::Allow => None,
             Decision::Deny { reason }
+            | Decision::StepUp { reason }
             | Decision::Login { reason }
             | Decision::Unauthorized { reason, .. }
             | Decision::Unavailable { reason } => Some(reason),
@@ -97,6 +102,23 @@ fn unmet(req: &Requirements, id: &Session) -> Option<&'static str> {
     if let Some(min) = &req.acr {
         if !meets_acr(min, id) {
             return Some("acr-insufficient");
+        }
+    }
+    None
+}
+
+/// Whether the route's step-up asks this identity for more: its level is below the
+/// route's, or its authentication is older than `max_age` (at `now_s`).
+pub fn step_up_needed(step: &StepUpSpec, id: &Session, now_s: u64) -> Option<&'static str> {
+    if !meets_acr(&step.acr, id) {
+        return Some("step-up-required");
+    }
+    if let Some(max) = step.max_age {
+        let fresh = id
+            .auth_time
+            .is_some_and(|t| now_s.saturating_sub(t) <= max.as_secs());
+        if !fresh {
+            return Some("authentication-too-old");
         }
     }
     None

@@ -162,7 +162,11 @@ pub async fn record_failure(
 pub fn counts_against_account(reason: &str) -> bool {
     matches!(
         reason,
-        "access-denied" | "acr-insufficient" | "population-unmatched"
+        "access-denied"
+            | "acr-insufficient"
+            | "population-unmatched"
+            | "step-up-acr-insufficient"
+            | "step-up-authentication-too-old"
     )
 }
 

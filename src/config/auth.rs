@@ -182,6 +182,22 @@ pub struct RouteAuth {
     pub populations: Vec<String>,
     /// Send the session's access token to the upstream as `Authorization: Bearer`.
     pub forward_access_token: bool,
+    /// Ask for more proof instead of refusing: sessions below the level (or whose
+    /// authentication is too old) are sent back to the provider.
+    pub step_up: Option<StepUpSpec>,
+}
+
+/// A route's `step_up`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepUpSpec {
+    /// The level required, and per provider the `acr` values that meet it.
+    pub acr: MinAcr,
+    /// Authentication older than this asks for a new one (`max_age` at the provider).
+    pub max_age: Option<Duration>,
+    /// Send `prompt=login`: the provider must ask again even if it remembers the user.
+    pub prompt_login: bool,
+    /// How long the higher level lasts before the session falls back to its base level.
+    pub elevation: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -676,6 +692,7 @@ pub(super) struct RouteAuthInput {
     pub api: Option<bool>,
     pub population: Option<OneOrMany>,
     pub forward_access_token: Option<bool>,
+    pub step_up: Option<RawStepUp>,
 }
 
 impl Builder<'_> {
@@ -698,6 +715,7 @@ impl Builder<'_> {
             api,
             population,
             forward_access_token,
+            step_up,
         } = input;
         let protected = matches!(
             auth,
@@ -715,6 +733,7 @@ impl Builder<'_> {
                     (api.is_some(), "api"),
                     (population.is_some(), "population"),
                     (forward_access_token.is_some(), "forward_access_token"),
+                    (step_up.is_some(), "step_up"),
                 ],
                 "applies only to routes with auth login, bearer or login_or_bearer",
             );
@@ -873,7 +892,30 @@ impl Builder<'_> {
                 );
             }
         }
+        let step_up = step_up.map(|raw| {
+            let sp = format!("{path}.step_up");
+            if raw.when_risk_at_least.is_some() {
+                self.err(
+                    &format!("{sp}.when_risk_at_least"),
+                    "risk scoring is not available in this version yet: leave it out to require the level on every request",
+                );
+            }
+            StepUpSpec {
+                acr: self.min_acr(raw.acr, &format!("{sp}.acr"), &used),
+                max_age: raw
+                    .max_age
+                    .as_ref()
+                    .map(|_| self.duration(&raw.max_age, &format!("{sp}.max_age"), Duration::ZERO)),
+                prompt_login: raw.prompt_login,
+                elevation: self.duration(
+                    &raw.elevation,
+                    &format!("{sp}.elevation"),
+                    Duration::from_secs(15 * 60),
+                ),
+            }
+        });
         RouteAuth {
+            step_up,
             providers: chosen,
             api: api.unwrap_or(matches!(auth, AuthMode::Bearer)),
             require,

@@ -14,8 +14,8 @@ mod secret;
 
 pub use auth::{
     is_loopback_host, placeholders, AssertionSpec, BearerSpec, ClientSpec, LogoutSpec, MinAcr,
-    PopulationSpec, ProviderSpec, Requirements, RouteAuth, SessionSpec, StoreSpec, ASYMMETRIC,
-    BUILTIN_PLACEHOLDERS,
+    PopulationSpec, ProviderSpec, Requirements, RouteAuth, SessionSpec, StepUpSpec, StoreSpec,
+    ASYMMETRIC, BUILTIN_PLACEHOLDERS,
 };
 pub use error::{ConfigError, ConfigErrors, Diagnostics};
 pub use limits::{KeyPart, LoginSpec, RateLimitSpec, RegulationSpec};
@@ -1157,6 +1157,7 @@ impl Builder<'_> {
                 api,
                 population,
                 forward_access_token,
+                step_up,
             },
             path,
             defs,
@@ -1164,7 +1165,6 @@ impl Builder<'_> {
         self.refuse_present(
             path,
             &[
-                (step_up.is_some(), "step_up"),
                 (deny_when_risk_at_least.is_some(), "deny_when_risk_at_least"),
                 (journey.is_some(), "journey"),
             ],

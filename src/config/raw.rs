@@ -112,7 +112,7 @@ pub struct RawRoute {
     pub api: Option<bool>,
     /// Reserved for later features; present means "not available yet" (see build).
     #[serde(default)]
-    pub step_up: Option<IgnoredAny>,
+    pub step_up: Option<RawStepUp>,
     #[serde(default)]
     pub deny_when_risk_at_least: Option<IgnoredAny>,
     #[serde(default)]
@@ -393,4 +393,18 @@ pub struct RawAudit {
     pub output: Option<String>,
     #[serde(default)]
     pub file: Option<String>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct RawStepUp {
+    pub acr: String,
+    #[serde(default)]
+    pub max_age: Option<String>,
+    #[serde(default)]
+    pub prompt_login: bool,
+    #[serde(default)]
+    pub elevation: Option<String>,
+    #[serde(default)]
+    pub when_risk_at_least: Option<IgnoredAny>,
 }

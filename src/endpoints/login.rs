@@ -4,7 +4,7 @@ use super::pages::{self, Choice};
 use super::{error, redirect, Outcome};
 use crate::config::{AuthMode, ProviderSpec};
 use crate::cookies;
-use crate::oidc::flow::{self, CallbackParams, StartOptions};
+use crate::oidc::flow::{self, CallbackParams, StartOptions, StepUpState};
 use crate::policy;
 use crate::proxy::RequestCtx;
 use crate::regulation::{self, Subject};
@@ -23,6 +23,7 @@ struct LoginParams {
     provider: Option<String>,
     route: Option<String>,
     email: Option<String>,
+    step_up: Option<String>,
 }
 
 impl LoginParams {
@@ -34,6 +35,7 @@ impl LoginParams {
                 "provider" => &mut p.provider,
                 "route" => &mut p.route,
                 "email" => &mut p.email,
+                "step_up" => &mut p.step_up,
                 _ => continue,
             };
             if slot.is_none() {
@@ -102,8 +104,47 @@ pub async fn login(session: &Session, ctx: &RequestCtx, query: &str) -> Outcome 
             notice,
         )
     };
+    // A step-up goes back to the provider of the session it elevates, asking for the
+    // route's level. Without a session it is an ordinary login for the route.
+    let mut step: Option<(StepUpState, String, bool)> = None;
+    if let Some(name) = params.step_up.as_deref() {
+        let Some(step_spec) = rt
+            .routes
+            .iter()
+            .find(|r| &*r.name == name)
+            .and_then(|r| r.identity.step_up.as_ref())
+        else {
+            return error(400, "step-up-invalid");
+        };
+        match crate::auth::session_of(rt, &session.req_header().headers).await {
+            Ok(a) => {
+                let p = &a.identity.provider;
+                let accepted = step_spec.acr.accepted.iter().find(|(id, _)| id == p);
+                if let (Some(id), Some((_, accepted))) = (&a.session_id, accepted) {
+                    step = Some((
+                        StepUpState {
+                            route: name.to_string(),
+                            session: id.hash(),
+                            accepted: accepted.clone(),
+                            max_age: step_spec.max_age.map(|d| d.as_secs()),
+                            elevation_ms: step_spec.elevation.as_millis() as u64,
+                        },
+                        p.clone(),
+                        step_spec.prompt_login,
+                    ));
+                }
+            }
+            Err(crate::policy::Decision::Unavailable { reason }) => return error(503, reason),
+            Err(_) => {}
+        }
+    }
+    let pinned = step
+        .as_ref()
+        .and_then(|(_, p, _)| candidates.iter().find(|c| &c.id == p).copied());
     let mut hint = None;
-    let chosen: &ProviderSpec = if let Some(id) = &params.provider {
+    let chosen: &ProviderSpec = if let Some(p) = pinned {
+        p
+    } else if let Some(id) = &params.provider {
         // A provider named outright (a link, or the chooser's button) must be one the
         // route accepts.
         match candidates.iter().find(|p| &p.id == id) {
@@ -168,7 +209,11 @@ pub async fn login(session: &Session, ctx: &RequestCtx, query: &str) -> Outcome 
             Err(_) => return error(503, "session-store-unavailable"),
         }
     }
-    let acr_values = population_acr_values(rt, &chosen.id);
+    let step = step.filter(|_| pinned.is_some());
+    let acr_values = match &step {
+        Some((st, _, _)) => Some(st.accepted.join(" ")),
+        None => population_acr_values(rt, &chosen.id),
+    };
     let spec = &rt.config.session;
     let binding = cookies::find(&session.req_header().headers, &spec.login_cookie_name)
         .filter(|v| flow::is_token_shaped(v));
@@ -176,6 +221,9 @@ pub async fn login(session: &Session, ctx: &RequestCtx, query: &str) -> Outcome 
     let options = StartOptions {
         login_hint: hint,
         acr_values: acr_values.as_deref(),
+        max_age: step.as_ref().and_then(|(st, _, _)| st.max_age),
+        prompt_login: step.as_ref().is_some_and(|(_, _, prompt)| *prompt),
+        step_up: step.map(|(st, _, _)| st),
     };
     match flow::start(
         provider,
@@ -271,6 +319,9 @@ pub async fn callback(session: &Session, ctx: &RequestCtx, query: &str) -> Outco
             return failed(ctx, provider, f.reason, f.status, f.account.as_deref()).await;
         }
     };
+    if let Some(step) = done.step_up.take() {
+        return finish_step_up(session, ctx, done, step, now).await;
+    }
     let provider = done.session.provider.clone();
     // A refusal for who the user turned out to be counts against the account they
     // named at login start (the one checked there), else against provider:sub.
@@ -340,6 +391,133 @@ pub async fn callback(session: &Session, ctx: &RequestCtx, query: &str) -> Outco
         format!("{}{}", rt.public_url.origin, done.return_to),
         cookies,
     )
+}
+
+/// The callback of a step-up: the provider's answer must be about the same user, at
+/// one of the route's `acr` values, and fresh enough; then the session takes the higher
+/// level (until its elevation lapses) under a new id.
+async fn finish_step_up(
+    session: &Session,
+    ctx: &RequestCtx,
+    done: flow::Finished,
+    step: StepUpState,
+    now: u64,
+) -> Outcome {
+    let rt = &ctx.rt;
+    let spec = &rt.config.session;
+    let provider = done.session.provider.clone();
+    let user = done.session.namespaced_user();
+    let fail = |reason: &'static str, status: u16| {
+        rt.metrics.step_up(&step.route, "failed", reason);
+        audit_step_up(ctx, &step.route, &done.session, "failed", reason);
+        failed(
+            ctx,
+            &provider,
+            reason,
+            status,
+            done.hint.as_deref().or(Some(&user)),
+        )
+    };
+    let id = cookies::find(&session.req_header().headers, &spec.cookie_name)
+        .and_then(SessionId::parse)
+        .filter(|id| {
+            use subtle::ConstantTimeEq;
+            bool::from(id.hash().as_bytes().ct_eq(step.session.as_bytes()))
+        });
+    let Some(id) = id else {
+        return fail("step-up-session-changed", 400).await;
+    };
+    let mut s = match rt.sessions.load(&id).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(_)) => return fail("session-unknown", 400).await,
+        Err(_) => return fail("session-store-unavailable", 503).await,
+    };
+    if s.issuer != done.session.issuer || s.subject != done.session.subject {
+        return fail("step-up-user-mismatch", 403).await;
+    }
+    if !done
+        .session
+        .acr
+        .as_ref()
+        .is_some_and(|a| step.accepted.contains(a))
+    {
+        return fail("step-up-acr-insufficient", 403).await;
+    }
+    if let Some(max_age) = step.max_age {
+        let now_s = now / 1000;
+        let fresh = done.session.auth_time.is_some_and(|t| {
+            t <= now_s + flow_leeway() && now_s.saturating_sub(t) <= max_age + flow_leeway()
+        });
+        if !fresh {
+            return fail("step-up-authentication-too-old", 403).await;
+        }
+    }
+    // The level to fall back to is the one before any step-up.
+    let base = s.elevation.take().unwrap_or(crate::session::Elevation {
+        base_acr: s.acr.clone(),
+        base_amr: s.amr.clone(),
+        base_auth_time: s.auth_time,
+        until_ms: 0,
+    });
+    s.elevation = Some(crate::session::Elevation {
+        until_ms: now.saturating_add(step.elevation_ms),
+        ..base
+    });
+    s.acr = done.session.acr.clone();
+    s.amr = done.session.amr.clone();
+    s.auth_time = done.session.auth_time;
+    // A privilege change: the id changes with it.
+    let new_id = match rt.sessions.update(&id, &s).await {
+        Ok(()) => rt.sessions.rotate(&id).await,
+        Err(e) => Err(e),
+    };
+    let new_id = match new_id {
+        Ok(Some(n)) => n,
+        Ok(None) => return fail("session-unknown", 400).await,
+        Err(_) => return fail("session-store-unavailable", 503).await,
+    };
+    rt.metrics.step_up(&step.route, "completed", "ok");
+    audit_step_up(ctx, &step.route, &s, "completed", "ok");
+    let lifetime = s
+        .population
+        .as_deref()
+        .and_then(|name| rt.config.populations.iter().find(|p| p.name == name))
+        .map_or(spec.absolute_timeout, |p| p.absolute_timeout);
+    let elapsed = now.saturating_sub(s.created_ms) / 1000;
+    redirect(
+        302,
+        format!("{}{}", rt.public_url.origin, done.return_to),
+        vec![
+            cookies::set(
+                spec,
+                &spec.cookie_name,
+                new_id.as_cookie_value(),
+                lifetime.as_secs().saturating_sub(elapsed),
+            ),
+            cookies::clear(spec, &spec.login_cookie_name),
+        ],
+    )
+}
+
+fn flow_leeway() -> u64 {
+    crate::oidc::token::LEEWAY_SECS
+}
+
+fn audit_step_up(
+    ctx: &RequestCtx,
+    route: &str,
+    s: &crate::session::Session,
+    outcome: &str,
+    reason: &str,
+) {
+    let mut f = serde_json::Map::new();
+    f.insert("request_id".into(), ctx.request_id.as_str().into());
+    f.insert("route".into(), route.into());
+    f.insert("user".into(), crate::audit::pseudonym(&s.user_key()).into());
+    f.insert("outcome".into(), outcome.into());
+    f.insert("reason".into(), reason.into());
+    f.insert("acr".into(), s.acr.clone().into());
+    ctx.rt.audit.emit("step-up", f);
 }
 
 /// A login that failed at the callback: counted, logged, and regulated (4xx failures

@@ -132,6 +132,15 @@ pub fn login_url(rt: &Runtime, route: &crate::runtime::Route, return_to: &str) -
     format!("{}{PREFIX}login?{}", rt.public_url.origin, q.finish())
 }
 
+/// Where a browser is sent to step up for `route`: our login endpoint, which finds the
+/// session's provider and asks it for the route's level.
+pub fn step_up_url(rt: &Runtime, route: &crate::runtime::Route, return_to: &str) -> String {
+    let mut q = url::form_urlencoded::Serializer::new(String::new());
+    q.append_pair("rd", return_to);
+    q.append_pair("step_up", &route.name);
+    format!("{}{PREFIX}login?{}", rt.public_url.origin, q.finish())
+}
+
 /// Reads an `application/x-www-form-urlencoded` body of at most [`MAX_FORM_BYTES`].
 async fn read_form(session: &mut Session) -> Result<Vec<(String, String)>, (u16, &'static str)> {
     let h = session.req_header();

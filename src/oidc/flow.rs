@@ -38,6 +38,25 @@ struct LoginState {
     /// failed-login regulation.
     #[serde(default)]
     hint: Option<String>,
+    /// When this login is a step-up: what it must prove, for which session.
+    #[serde(default)]
+    step_up: Option<StepUpState>,
+}
+
+/// A step-up in progress: the session being elevated and what the provider's answer
+/// must show.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StepUpState {
+    /// The route that asked (metrics, audit).
+    pub route: String,
+    /// Hash of the session's id.
+    pub session: String,
+    /// `acr` values that meet the route's level at this provider.
+    pub accepted: Vec<String>,
+    /// Authentication must be at most this old (seconds).
+    pub max_age: Option<u64>,
+    /// How long the higher level lasts (ms).
+    pub elevation_ms: u64,
 }
 
 /// Where to send the browser, and the binding cookie to set if it had none.
@@ -56,6 +75,8 @@ pub struct Finished {
     /// The account the user said they are at login start (home-realm discovery's
     /// email), for failed-login regulation.
     pub hint: Option<String>,
+    /// Set when the login was a step-up.
+    pub step_up: Option<StepUpState>,
 }
 
 /// Optional parameters of an authorization request.
@@ -65,6 +86,12 @@ pub struct StartOptions<'a> {
     pub login_hint: Option<&'a str>,
     /// Space-separated `acr` values to request.
     pub acr_values: Option<&'a str>,
+    /// `max_age` (seconds) to send.
+    pub max_age: Option<u64>,
+    /// Send `prompt=login`.
+    pub prompt_login: bool,
+    /// This login is a step-up of an existing session.
+    pub step_up: Option<StepUpState>,
 }
 
 /// Why a callback failed: the reason code, the status of the error page, and the
@@ -156,6 +183,12 @@ pub async fn start(
     if let Some(acr) = options.acr_values {
         req = req.add_extra_param("acr_values", acr.to_string());
     }
+    if let Some(max_age) = options.max_age {
+        req = req.add_extra_param("max_age", max_age.to_string());
+    }
+    if options.prompt_login {
+        req = req.add_extra_param("prompt", "login");
+    }
     let (url, state, nonce) = req.url();
     let record = LoginState {
         provider: provider.id().to_string(),
@@ -165,6 +198,7 @@ pub async fn start(
         binding: keys::sha256_hex(binding.as_bytes()),
         started_ms: now_ms,
         hint: options.login_hint.map(str::to_string),
+        step_up: options.step_up.clone(),
     };
     let bytes = serde_json::to_vec(&record).map_err(|_| fail("internal-error", 500, id))?;
     let stored = store
@@ -370,6 +404,7 @@ async fn finish_login<'p>(
         started_ms: login.started_ms,
         tokens,
         hint: login.hint,
+        step_up: login.step_up,
     })
 }
 

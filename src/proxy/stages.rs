@@ -284,7 +284,7 @@ pub async fn refuse_or_pass(
         f.insert("outcome".into(), "deny".into());
         rt.audit.emit("access-denied", f);
     }
-    answer(session, ctx, route, decision).await?;
+    answer(session, ctx, route, decision, identity.as_ref()).await?;
     Ok(true)
 }
 
@@ -364,8 +364,10 @@ async fn answer(
     ctx: &mut RequestCtx,
     route: &crate::runtime::Route,
     decision: Decision,
+    identity: Option<&auth::Authenticated>,
 ) -> Result<()> {
     match decision {
+        Decision::StepUp { reason } => step_up(session, ctx, route, reason, identity).await,
         Decision::Allow => Ok(()),
         Decision::Deny { reason } => send_error(session, ctx, 403, reason).await,
         Decision::Unavailable { reason } => send_error(session, ctx, 503, reason).await,
@@ -417,6 +419,62 @@ async fn answer(
             .await
         }
     }
+}
+
+/// Asks for more proof. A browser on a session goes back to the provider (through our
+/// login endpoint, which sends `acr_values` and `max_age`); anything else gets 401
+/// with an RFC 9470 challenge naming what would do.
+async fn step_up(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    route: &crate::runtime::Route,
+    reason: &'static str,
+    identity: Option<&auth::Authenticated>,
+) -> Result<()> {
+    let Some(step) = &route.identity.step_up else {
+        return send_error(session, ctx, 403, reason).await;
+    };
+    ctx.rt.metrics.step_up_challenged(&route.name, reason);
+    let from_session = identity.is_some_and(|a| a.session_id.is_some());
+    let req = session.req_header();
+    if from_session && !route.identity.api && auth::is_navigation(&req.method, &req.headers) {
+        let return_to = ctx
+            .target
+            .as_ref()
+            .map(|t| t.normalized.forward_target())
+            .unwrap_or_else(|| "/".into());
+        let location = endpoints::step_up_url(&ctx.rt, route, &return_to);
+        let mut h = ResponseHeader::build(302, Some(6))?;
+        h.insert_header(header::LOCATION, location)?;
+        h.insert_header(header::CONTENT_LENGTH, "0")?;
+        h.insert_header(header::CACHE_CONTROL, "no-store")?;
+        h.insert_header(crate::headers::X_REQUEST_ID, ctx.request_id.as_str())?;
+        return write_response(session, ctx, h, Bytes::new()).await;
+    }
+    let provider = identity.map(|a| a.identity.provider.as_str()).unwrap_or("");
+    let values = step
+        .acr
+        .accepted
+        .iter()
+        .find(|(p, _)| p == provider)
+        .map(|(_, v)| v.join(" "))
+        .unwrap_or_default();
+    let scheme = if from_session { "Portcullis" } else { "Bearer" };
+    let mut challenge = format!(
+        "{scheme} realm=\"{}\", error=\"insufficient_user_authentication\", error_description=\"{reason}\", acr_values=\"{values}\"",
+        ctx.rt.public_url.origin
+    );
+    if let Some(max) = step.max_age {
+        challenge.push_str(&format!(", max_age={}", max.as_secs()));
+    }
+    send_error_with_headers(
+        session,
+        ctx,
+        401,
+        reason,
+        &[(header::WWW_AUTHENTICATE, challenge)],
+    )
+    .await
 }
 
 /// Writes one of our own error responses.

@@ -93,6 +93,21 @@ pub struct Session {
     /// The anti-forgery token of this session's forms (logout, ending sessions).
     #[serde(default)]
     pub csrf: String,
+    /// While a step-up's higher level lasts: the level to fall back to, and when.
+    #[serde(default)]
+    pub elevation: Option<Elevation>,
+}
+
+/// A session's base assurance while a step-up's higher one (in the session's own
+/// `acr`, `amr` and `auth_time`) lasts.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Elevation {
+    pub base_acr: Option<String>,
+    #[serde(default)]
+    pub base_amr: Vec<String>,
+    pub base_auth_time: Option<u64>,
+    /// When the higher level lapses (Unix ms).
+    pub until_ms: u64,
 }
 
 /// The provider's tokens of a session, each sealed for this user and kind.
@@ -409,9 +424,14 @@ impl SessionManager {
     /// The stored session for `id` as it is, without timeout checks or touching it
     /// (for a request waiting on another's update).
     pub async fn peek(&self, id: &SessionId) -> Result<Option<Session>, StoreError> {
+        self.peek_hash(&id.hash()).await
+    }
+
+    /// The stored session under `hash`, as [`SessionManager::peek`].
+    pub async fn peek_hash(&self, hash: &str) -> Result<Option<Session>, StoreError> {
         Ok(self
             .store
-            .get(&keys::session(&id.hash()))
+            .get(&keys::session(hash))
             .await?
             .and_then(|b| serde_json::from_slice(&b).ok()))
     }

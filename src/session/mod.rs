@@ -20,8 +20,8 @@ mod sealing;
 mod store;
 
 pub use manager::{
-    handle, sid_key, user_key, Created, Ended, PopulationRules, SealedTokens, Session, SessionId,
-    SessionManager, SessionTimeouts, TokenKind,
+    handle, sid_key, user_key, Created, Elevation, Ended, PopulationRules, SealedTokens, Session,
+    SessionId, SessionManager, SessionTimeouts, TokenKind,
 };
 pub use memory::MemoryStore;
 pub use metered::Metered;
