@@ -126,8 +126,8 @@ async fn hold(
     Ok(None)
 }
 
-/// Counts a failed login against each subject; returns the subjects' kinds that are
-/// banned by this failure.
+/// Counts a failed login against each subject; returns the kinds of the subjects whose
+/// ban this failure began (reached the threshold).
 pub async fn record_failure(
     store: &dyn SessionStore,
     spec: &RegulationSpec,
@@ -146,11 +146,15 @@ pub async fn record_failure(
             .await?;
         let n = store.index_count(&failures, now_ms).await?;
         if n >= u64::from(s.threshold(spec)) {
+            // Every failure at or over the threshold (re)starts the ban; the ban is
+            // reported once, when the threshold is reached.
             let until = now_ms.saturating_add(spec.ban.as_millis() as u64);
             store
                 .put(&key(s, "ban"), until.to_string().as_bytes(), spec.ban)
                 .await?;
-            banned.push(s.kind());
+            if n == u64::from(s.threshold(spec)) {
+                banned.push(s.kind());
+            }
         }
     }
     Ok(banned)

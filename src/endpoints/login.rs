@@ -107,6 +107,7 @@ pub async fn login(session: &Session, ctx: &RequestCtx, query: &str) -> Outcome 
     // A step-up goes back to the provider of the session it elevates, asking for the
     // route's level. Without a session it is an ordinary login for the route.
     let mut step: Option<(StepUpState, String, bool)> = None;
+    let mut step_user: Option<String> = None;
     if let Some(name) = params.step_up.as_deref() {
         let Some(step_spec) = rt
             .routes
@@ -121,6 +122,7 @@ pub async fn login(session: &Session, ctx: &RequestCtx, query: &str) -> Outcome 
                 let p = &a.identity.provider;
                 let accepted = step_spec.acr.accepted.iter().find(|(id, _)| id == p);
                 if let (Some(id), Some((_, accepted))) = (&a.session_id, accepted) {
+                    step_user = Some(a.identity.namespaced_user());
                     step = Some((
                         StepUpState {
                             route: name.to_string(),
@@ -178,11 +180,6 @@ pub async fn login(session: &Session, ctx: &RequestCtx, query: &str) -> Outcome 
     let Some(provider) = rt.providers.get(&chosen.id) else {
         return error(400, "provider-unknown");
     };
-    if provider.discovered().is_none() {
-        // Not yet discovered (a provider that just came up): one more try now, within
-        // the same back-off as the background task.
-        provider.refresh().await;
-    }
     if let Some(spec) = &rt.config.login.regulation {
         let mut subjects = Vec::with_capacity(2);
         if let Some(ip) = ctx.client_ip {
@@ -190,6 +187,10 @@ pub async fn login(session: &Session, ctx: &RequestCtx, query: &str) -> Outcome 
         }
         if let Some(h) = hint {
             subjects.push(Subject::Account(h));
+        }
+        // A step-up knows who the user is: failed step-ups hold their account.
+        if let Some(user) = &step_user {
+            subjects.push(Subject::Account(user));
         }
         match regulation::check(rt.store.as_ref(), spec, &subjects, rt.clock.now_ms()).await {
             Ok(None) => {}
@@ -208,6 +209,11 @@ pub async fn login(session: &Session, ctx: &RequestCtx, query: &str) -> Outcome 
             }
             Err(_) => return error(503, "session-store-unavailable"),
         }
+    }
+    if provider.discovered().is_none() {
+        // Not yet discovered (a provider that just came up): one more try now, within
+        // the same back-off as the background task.
+        provider.refresh().await;
     }
     let step = step.filter(|_| pinned.is_some());
     let acr_values = match &step {

@@ -407,7 +407,17 @@ impl SessionManager {
         if backfill {
             s.csrf = SessionId::generate().0;
         }
-        if backfill || now >= s.last_seen_ms + t.touch_every.as_millis() as u64 {
+        // A step-up's higher level lasts until its elevation lapses; then the session is
+        // back at the level it had before.
+        let lapsed = s.elevation.as_ref().is_some_and(|e| now >= e.until_ms);
+        if lapsed {
+            if let Some(e) = s.elevation.take() {
+                s.acr = e.base_acr;
+                s.amr = e.base_amr;
+                s.auth_time = e.base_auth_time;
+            }
+        }
+        if backfill || lapsed || now >= s.last_seen_ms + t.touch_every.as_millis() as u64 {
             s.last_seen_ms = now;
             // Only over the record as read: a concurrent update (new tokens from a
             // refresh) must not be overwritten by this request's older copy. If it was
