@@ -24,6 +24,16 @@ pub async fn authorize(
     route: &Route,
     headers: &HeaderMap,
 ) -> (Decision, Option<Authenticated>) {
+    authorize_from(rt, route, headers, None).await
+}
+
+/// [`authorize`], knowing the client's address (risk signals use it).
+pub async fn authorize_from(
+    rt: &Runtime,
+    route: &Route,
+    headers: &HeaderMap,
+    client_ip: Option<std::net::IpAddr>,
+) -> (Decision, Option<Authenticated>) {
     if let Some(d) = policy::decide(route.auth) {
         return (d, None);
     }
@@ -54,16 +64,114 @@ pub async fn authorize(
                 );
             }
             let decision = policy::check(&route.identity.require, &a.identity);
-            if decision == Decision::Allow {
-                if let Some(step) = &route.identity.step_up {
-                    let now_s = rt.clock.now_ms() / 1000;
-                    if let Some(reason) = policy::step_up_needed(step, &a.identity, now_s) {
-                        return (Decision::StepUp { reason }, Some(a));
-                    }
+            if decision != Decision::Allow {
+                return (decision, Some(a));
+            }
+            let now_s = rt.clock.now_ms() / 1000;
+            let risk = &route.identity.risk;
+            if risk.decides() {
+                if let Some(d) = decide_by_risk(rt, route, headers, client_ip, &a, now_s).await {
+                    return (d, Some(a));
+                }
+            } else if let Some(step) = &route.identity.step_up {
+                // A step-up without a risk threshold applies to every request.
+                if let Some(reason) = policy::step_up_needed(step, &a.identity, now_s) {
+                    return (Decision::StepUp { reason }, Some(a));
                 }
             }
-            (decision, Some(a))
+            (Decision::Allow, Some(a))
         }
+    }
+}
+
+/// Scores the request and decides by the route's thresholds: deny, step up, or nothing
+/// (`None`). In shadow mode the decision is reported (metric, audit) but not taken.
+async fn decide_by_risk(
+    rt: &Runtime,
+    route: &Route,
+    headers: &HeaderMap,
+    client_ip: Option<std::net::IpAddr>,
+    a: &Authenticated,
+    now_s: u64,
+) -> Option<Decision> {
+    let rr = &route.identity.risk;
+    let spec = &rt.config.risk;
+    let mut recent_failures = 0;
+    if spec.weights.recent_failures != 0 {
+        if let Some(ip) = client_ip {
+            // Unknown (store down) counts as none: the store's own outage already
+            // fails protected routes closed.
+            recent_failures = crate::regulation::failures(
+                rt.store.as_ref(),
+                &crate::regulation::Subject::Ip(ip),
+                now_s * 1000,
+            )
+            .await
+            .unwrap_or(0);
+        }
+    }
+    let facts = crate::risk::Facts {
+        client_ip,
+        user_agent: headers
+            .get(http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok()),
+        now_s,
+        recent_failures,
+    };
+    let assessment = crate::risk::assess(spec, rr, &a.identity, &facts);
+    let step_needed = route
+        .identity
+        .step_up
+        .as_ref()
+        .and_then(|st| policy::step_up_needed(st, &a.identity, now_s));
+    let (outcome, threshold, decision) =
+        if let Some(t) = rr.deny_at.filter(|t| assessment.score >= *t) {
+            (
+                "deny",
+                Some(t),
+                Some(Decision::Deny {
+                    reason: "risk-too-high",
+                }),
+            )
+        } else if let (Some(t), Some(_)) = (
+            rr.step_up_at.filter(|t| assessment.score >= *t),
+            step_needed,
+        ) {
+            (
+                "step-up",
+                Some(t),
+                Some(Decision::StepUp {
+                    reason: "risk-step-up",
+                }),
+            )
+        } else {
+            ("allow", None, None)
+        };
+    let mode = rr.mode.unwrap_or(spec.mode);
+    rt.metrics
+        .risk_decision(&route.name, outcome, mode.label(), assessment.top_signal());
+    if outcome != "allow" {
+        let mut f = serde_json::Map::new();
+        f.insert("route".into(), route.name.to_string().into());
+        f.insert(
+            "user".into(),
+            crate::audit::pseudonym(&a.identity.user_key()).into(),
+        );
+        f.insert("score".into(), assessment.score.into());
+        let signals: serde_json::Map<String, serde_json::Value> = assessment
+            .contributions
+            .iter()
+            .map(|c| (c.signal.to_string(), c.points.into()))
+            .collect();
+        f.insert("signals".into(), signals.into());
+        f.insert("threshold".into(), threshold.into());
+        f.insert("mode".into(), mode.label().into());
+        f.insert("outcome".into(), outcome.into());
+        rt.audit.emit("risk-decision", f);
+    }
+    match mode {
+        crate::config::RiskMode::Shadow => None,
+        crate::config::RiskMode::Enforce => decision,
     }
 }
 

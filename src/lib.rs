@@ -22,6 +22,7 @@ pub mod ratelimit;
 pub mod refresh;
 pub mod regulation;
 pub mod responses;
+pub mod risk;
 pub mod routing;
 pub mod runtime;
 pub mod server;

@@ -52,6 +52,7 @@ struct IdentityMetrics {
     login_regulation: IntCounterVec,
     audit_dropped: IntCounter,
     step_ups: IntCounterVec,
+    risk_decisions: IntCounterVec,
 }
 
 fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -220,6 +221,11 @@ impl Metrics {
                 "Requests refused by a rate limit (429, or 503 when a shared limit fails closed), by limit and route.",
                 &["limit", "route"],
             ),
+            risk_decisions: counter(
+                "portcullis_risk_decisions_total",
+                "Risk decisions on routes that decide by risk, by route, outcome (allow, step-up, deny), mode (enforce, shadow: reported, not taken) and the signal that added the most.",
+                &["route", "outcome", "mode", "top_signal"],
+            ),
             step_ups: counter(
                 "portcullis_step_ups_total",
                 "Step-up authentication, by route and outcome (challenged, completed, failed) and reason code.",
@@ -263,6 +269,7 @@ impl Metrics {
             Box::new(identity.login_regulation.clone()),
             Box::new(identity.audit_dropped.clone()),
             Box::new(identity.step_ups.clone()),
+            Box::new(identity.risk_decisions.clone()),
         ] {
             must(registry.register(c));
         }
@@ -409,6 +416,13 @@ impl Metrics {
         self.identity
             .rate_limited
             .with_label_values(&[limit, route])
+            .inc();
+    }
+
+    pub fn risk_decision(&self, route: &str, outcome: &str, mode: &str, top_signal: &str) {
+        self.identity
+            .risk_decisions
+            .with_label_values(&[route, outcome, mode, top_signal])
             .inc();
     }
 

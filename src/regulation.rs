@@ -126,6 +126,16 @@ async fn hold(
     Ok(None)
 }
 
+/// Failed logins counted against `subject` in the window (the `recent_failures` risk
+/// signal).
+pub async fn failures(
+    store: &dyn SessionStore,
+    subject: &Subject<'_>,
+    now_ms: u64,
+) -> Result<u64, StoreError> {
+    store.index_count(&key(subject, "failures"), now_ms).await
+}
+
 /// Counts a failed login against each subject; returns the kinds of the subjects whose
 /// ban this failure began (reached the threshold).
 pub async fn record_failure(

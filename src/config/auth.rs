@@ -185,6 +185,8 @@ pub struct RouteAuth {
     /// Ask for more proof instead of refusing: sessions below the level (or whose
     /// authentication is too old) are sent back to the provider.
     pub step_up: Option<StepUpSpec>,
+    /// Sensitivity, mode and the risk thresholds of `step_up` and denial.
+    pub risk: super::RouteRisk,
 }
 
 /// A route's `step_up`.
@@ -693,6 +695,9 @@ pub(super) struct RouteAuthInput {
     pub population: Option<OneOrMany>,
     pub forward_access_token: Option<bool>,
     pub step_up: Option<RawStepUp>,
+    pub deny_when_risk_at_least: Option<i32>,
+    pub sensitivity: Option<i32>,
+    pub risk_mode: Option<RawRiskMode>,
 }
 
 impl Builder<'_> {
@@ -716,6 +721,9 @@ impl Builder<'_> {
             population,
             forward_access_token,
             step_up,
+            deny_when_risk_at_least,
+            sensitivity,
+            risk_mode,
         } = input;
         let protected = matches!(
             auth,
@@ -734,6 +742,9 @@ impl Builder<'_> {
                     (population.is_some(), "population"),
                     (forward_access_token.is_some(), "forward_access_token"),
                     (step_up.is_some(), "step_up"),
+                    (deny_when_risk_at_least.is_some(), "deny_when_risk_at_least"),
+                    (sensitivity.is_some(), "sensitivity"),
+                    (risk_mode.is_some(), "risk_mode"),
                 ],
                 "applies only to routes with auth login, bearer or login_or_bearer",
             );
@@ -892,14 +903,23 @@ impl Builder<'_> {
                 );
             }
         }
-        let step_up = step_up.map(|raw| {
-            let sp = format!("{path}.step_up");
-            if raw.when_risk_at_least.is_some() {
-                self.err(
-                    &format!("{sp}.when_risk_at_least"),
-                    "risk scoring is not available in this version yet: leave it out to require the level on every request",
+        let step_up_at = step_up.as_ref().and_then(|s| s.when_risk_at_least);
+        if let (Some(deny), Some(step)) = (deny_when_risk_at_least, step_up_at) {
+            if deny <= step {
+                self.warn(
+                    &format!("{path}.deny_when_risk_at_least"),
+                    "is not above step_up.when_risk_at_least, so a risky request is denied before it could step up",
                 );
             }
+        }
+        let risk = super::RouteRisk {
+            sensitivity: sensitivity.unwrap_or(0),
+            mode: risk_mode.map(super::RiskMode::from),
+            deny_at: deny_when_risk_at_least,
+            step_up_at,
+        };
+        let step_up = step_up.map(|raw| {
+            let sp = format!("{path}.step_up");
             StepUpSpec {
                 acr: self.min_acr(raw.acr, &format!("{sp}.acr"), &used),
                 max_age: raw
@@ -916,6 +936,7 @@ impl Builder<'_> {
         });
         RouteAuth {
             step_up,
+            risk,
             providers: chosen,
             api: api.unwrap_or(matches!(auth, AuthMode::Bearer)),
             require,

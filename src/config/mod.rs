@@ -10,6 +10,7 @@ mod error;
 mod limits;
 pub mod node;
 mod raw;
+mod risk;
 mod secret;
 
 pub use auth::{
@@ -20,6 +21,7 @@ pub use auth::{
 pub use error::{ConfigError, ConfigErrors, Diagnostics};
 pub use limits::{KeyPart, LoginSpec, RateLimitSpec, RegulationSpec};
 pub use raw::ClaimValue;
+pub use risk::{RiskMode, RiskSpec, RouteRisk, SignalWeights};
 pub use secret::{Secret, SecretRef};
 
 use crate::headers::HeaderHygiene;
@@ -61,6 +63,8 @@ pub struct GatewayConfig {
     pub login: LoginSpec,
     /// Where audit events go.
     pub audit: crate::audit::AuditOutput,
+    /// Risk signals and the gateway's mode.
+    pub risk: RiskSpec,
     pub assertion: AssertionSpec,
     pub warnings: Vec<ConfigError>,
 }
@@ -362,15 +366,6 @@ impl<'a> Builder<'a> {
         }
         self.top_level_keys();
 
-        for (key, feature) in [("risk", "Risk scoring")] {
-            if root.get(key).is_some() {
-                self.err(
-                    key,
-                    format!("{feature}: not available in this version of Portcullis yet"),
-                );
-            }
-        }
-
         let listeners = self.listeners(base);
         let public_url = self.public_url();
         let trusted_proxies = self.trusted_proxies();
@@ -405,6 +400,7 @@ impl<'a> Builder<'a> {
         let rate_limits = self.rate_limits(&session);
         let login = self.login(&rate_limits);
         let audit = self.audit(base);
+        let risk = self.risk(login.regulation.is_some());
         let assertion = self.assertion(base);
         if let Some(u) = &public_url {
             if !providers.is_empty() && !u.https && !is_loopback_host(&u.host) {
@@ -484,6 +480,7 @@ impl<'a> Builder<'a> {
             rate_limits,
             login,
             audit,
+            risk,
             assertion,
             warnings: Vec::new(),
         })
@@ -1126,6 +1123,8 @@ impl Builder<'_> {
             api,
             step_up,
             deny_when_risk_at_least,
+            sensitivity,
+            risk_mode,
             rate_limits,
             journey,
             population,
@@ -1158,16 +1157,16 @@ impl Builder<'_> {
                 population,
                 forward_access_token,
                 step_up,
+                deny_when_risk_at_least,
+                sensitivity,
+                risk_mode,
             },
             path,
             defs,
         );
         self.refuse_present(
             path,
-            &[
-                (deny_when_risk_at_least.is_some(), "deny_when_risk_at_least"),
-                (journey.is_some(), "journey"),
-            ],
+            &[(journey.is_some(), "journey")],
             "is not available in this version yet",
         );
 

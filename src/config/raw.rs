@@ -114,7 +114,11 @@ pub struct RawRoute {
     #[serde(default)]
     pub step_up: Option<RawStepUp>,
     #[serde(default)]
-    pub deny_when_risk_at_least: Option<IgnoredAny>,
+    pub deny_when_risk_at_least: Option<i32>,
+    #[serde(default)]
+    pub sensitivity: Option<i32>,
+    #[serde(default)]
+    pub risk_mode: Option<RawRiskMode>,
     #[serde(default)]
     pub rate_limits: Option<Vec<String>>,
     #[serde(default)]
@@ -406,5 +410,66 @@ pub struct RawStepUp {
     #[serde(default)]
     pub elevation: Option<String>,
     #[serde(default)]
-    pub when_risk_at_least: Option<IgnoredAny>,
+    pub when_risk_at_least: Option<i32>,
+}
+
+#[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RawRiskMode {
+    Enforce,
+    Shadow,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawRisk {
+    #[serde(default)]
+    pub mode: Option<RawRiskMode>,
+    #[serde(default)]
+    pub networks: RawRiskNetworks,
+    #[serde(default)]
+    pub signals: RawSignals,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawRiskNetworks {
+    #[serde(default)]
+    pub deny: Vec<String>,
+    #[serde(default)]
+    pub allow: Vec<String>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawSignals {
+    #[serde(default)]
+    pub ip_changed: Option<i32>,
+    #[serde(default)]
+    pub user_agent_changed: Option<i32>,
+    #[serde(default)]
+    pub auth_age: Option<RawAuthAge>,
+    #[serde(default)]
+    pub network_deny: Option<i32>,
+    #[serde(default)]
+    pub network_allow: Option<i32>,
+    #[serde(default)]
+    pub recent_failures: Option<i32>,
+    #[serde(default)]
+    pub new_device: Option<IgnoredAny>,
+    #[serde(default)]
+    pub credential_stuffing: Option<IgnoredAny>,
+    #[serde(default)]
+    pub signup_velocity: Option<IgnoredAny>,
+    #[serde(default)]
+    pub country_changed: Option<IgnoredAny>,
+    #[serde(default)]
+    pub impossible_travel: Option<IgnoredAny>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuthAge {
+    pub weight: i32,
+    pub after: String,
 }

@@ -250,7 +250,8 @@ pub async fn refuse_or_pass(
     if limited(session, ctx, &route.limits_before_auth, &route.name, None).await? {
         return Ok(true);
     }
-    let (decision, identity) = auth::authorize(&rt, route, &session.req_header().headers).await;
+    let (decision, identity) =
+        auth::authorize_from(&rt, route, &session.req_header().headers, ctx.client_ip).await;
     if decision == Decision::Allow {
         if limited(
             session,

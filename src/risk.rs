@@ -1,0 +1,242 @@
+//! Risk scoring: deterministic signals, each with a weight from `risk.signals`, summed
+//! into a score once per request on routes that decide by risk. Every signal that
+//! fired is reported by name with its contribution, so a decision can be explained.
+//!
+//! The signals use what the request and its session already hold (no I/O), except
+//! `recent_failures`, which reads one count from the session store.
+
+use crate::config::{RiskSpec, RouteRisk};
+use crate::session::Session;
+use std::net::IpAddr;
+
+/// One signal's part in a score.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Contribution {
+    pub signal: &'static str,
+    pub points: i32,
+}
+
+/// A request's score and why.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Assessment {
+    pub score: i32,
+    pub contributions: Vec<Contribution>,
+}
+
+impl Assessment {
+    fn add(&mut self, signal: &'static str, points: i32) {
+        if points != 0 {
+            self.score += points;
+            self.contributions.push(Contribution { signal, points });
+        }
+    }
+
+    /// The signal that added the most (metric label), or `none`.
+    pub fn top_signal(&self) -> &'static str {
+        self.contributions
+            .iter()
+            .filter(|c| c.points > 0)
+            .max_by_key(|c| c.points)
+            .map_or("none", |c| c.signal)
+    }
+
+    /// `signal=points` pairs, for logs and explanations.
+    pub fn explain(&self) -> String {
+        if self.contributions.is_empty() {
+            return "no signal".into();
+        }
+        self.contributions
+            .iter()
+            .map(|c| format!("{}={:+}", c.signal, c.points))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// What the request brings.
+pub struct Facts<'a> {
+    pub client_ip: Option<IpAddr>,
+    pub user_agent: Option<&'a str>,
+    pub now_s: u64,
+    /// Failed logins from the client's address in the regulation window.
+    pub recent_failures: u64,
+}
+
+/// The network a client address belongs to, for "the client moved": IPv4 by /24, IPv6
+/// by /48 (one site).
+fn network(ip: IpAddr) -> (u8, u128) {
+    match ip {
+        IpAddr::V4(a) => (4, u128::from(u32::from(a) >> 8)),
+        IpAddr::V6(a) => (6, u128::from(a) >> 80),
+    }
+}
+
+/// Scores a request of session `s` on a route.
+pub fn assess(spec: &RiskSpec, route: &RouteRisk, s: &Session, facts: &Facts<'_>) -> Assessment {
+    let w = &spec.weights;
+    let mut a = Assessment::default();
+    a.add("route_sensitivity", route.sensitivity);
+    if w.ip_changed != 0 {
+        let at_login = s
+            .client_ip
+            .as_deref()
+            .and_then(|i| i.parse::<IpAddr>().ok());
+        if let (Some(then), Some(now)) = (at_login, facts.client_ip) {
+            if network(then) != network(now) {
+                a.add("ip_changed", w.ip_changed);
+            }
+        }
+    }
+    if w.user_agent_changed != 0 {
+        if let (Some(then), Some(now)) = (s.user_agent.as_deref(), facts.user_agent) {
+            // Compared as stored at login (the first 512 characters).
+            if !now.chars().take(512).eq(then.chars()) {
+                a.add("user_agent_changed", w.user_agent_changed);
+            }
+        }
+    }
+    if let Some((weight, after)) = w.auth_age {
+        let old = s
+            .auth_time
+            .is_none_or(|t| facts.now_s.saturating_sub(t) > after.as_secs());
+        if old {
+            a.add("auth_age", weight);
+        }
+    }
+    if let Some(ip) = facts.client_ip {
+        if spec.deny_networks.iter().any(|n| n.contains(&ip)) {
+            a.add("network_deny", w.network_deny);
+        }
+        if spec.allow_networks.iter().any(|n| n.contains(&ip)) {
+            a.add("network_allow", w.network_allow);
+        }
+    }
+    if facts.recent_failures > 0 {
+        a.add("recent_failures", w.recent_failures);
+    }
+    a
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SignalWeights;
+    use std::time::Duration;
+
+    fn spec() -> RiskSpec {
+        RiskSpec {
+            weights: SignalWeights {
+                ip_changed: 20,
+                user_agent_changed: 40,
+                auth_age: Some((10, Duration::from_secs(3600))),
+                network_deny: 100,
+                network_allow: -30,
+                recent_failures: 25,
+            },
+            deny_networks: vec!["203.0.113.0/24".parse().unwrap()],
+            allow_networks: vec!["10.0.0.0/8".parse().unwrap()],
+            ..RiskSpec::default()
+        }
+    }
+
+    fn session() -> Session {
+        Session {
+            client_ip: Some("192.0.2.10".into()),
+            user_agent: Some("Firefox".into()),
+            auth_time: Some(10_000),
+            ..Session::default()
+        }
+    }
+
+    fn facts(ip: &str, ua: &'static str, now_s: u64, failures: u64) -> Facts<'static> {
+        Facts {
+            client_ip: Some(ip.parse().unwrap()),
+            user_agent: Some(ua),
+            now_s,
+            recent_failures: failures,
+        }
+    }
+
+    #[test]
+    fn the_same_client_soon_after_login_scores_only_the_route() {
+        let route = RouteRisk {
+            sensitivity: 5,
+            ..RouteRisk::default()
+        };
+        let a = assess(
+            &spec(),
+            &route,
+            &session(),
+            &facts("192.0.2.99", "Firefox", 10_060, 0),
+        );
+        assert_eq!(a.score, 5, "{}", a.explain());
+        assert_eq!(a.explain(), "route_sensitivity=+5");
+    }
+
+    #[test]
+    fn each_signal_adds_its_weight_and_is_named() {
+        let r = RouteRisk::default();
+        let s = session();
+        let one = |f: Facts<'static>| assess(&spec(), &r, &s, &f);
+        assert_eq!(
+            one(facts("198.51.100.1", "Firefox", 10_060, 0)).explain(),
+            "ip_changed=+20"
+        );
+        assert_eq!(
+            one(facts("192.0.2.1", "Chrome", 10_060, 0)).explain(),
+            "user_agent_changed=+40"
+        );
+        assert_eq!(
+            one(facts("192.0.2.1", "Firefox", 20_000, 0)).explain(),
+            "auth_age=+10"
+        );
+        assert_eq!(
+            one(facts("192.0.2.1", "Firefox", 10_060, 3)).explain(),
+            "recent_failures=+25"
+        );
+        let denied = one(facts("203.0.113.5", "Firefox", 10_060, 0));
+        assert_eq!(
+            denied.score,
+            120,
+            "moved and in a denied network: {}",
+            denied.explain()
+        );
+        assert_eq!(denied.top_signal(), "network_deny");
+        let all = one(facts("203.0.113.5", "Chrome", 20_000, 1));
+        assert_eq!(all.score, 20 + 40 + 10 + 100 + 25);
+        let allowed = one(facts("10.1.2.3", "Firefox", 10_060, 0));
+        assert_eq!(allowed.score, -10, "{}", allowed.explain());
+        assert_eq!(allowed.top_signal(), "ip_changed");
+    }
+
+    #[test]
+    fn signals_without_a_weight_are_off() {
+        let a = assess(
+            &RiskSpec::default(),
+            &RouteRisk::default(),
+            &session(),
+            &facts("203.0.113.5", "Chrome", 99_999, 9),
+        );
+        assert_eq!(a, Assessment::default());
+        assert_eq!(a.top_signal(), "none");
+    }
+
+    #[test]
+    fn ipv6_clients_move_when_they_leave_their_48() {
+        let mut s = session();
+        s.client_ip = Some("2001:db8:1:2::1".into());
+        let r = RouteRisk::default();
+        let same = Facts {
+            client_ip: Some("2001:db8:1:ff::9".parse().unwrap()),
+            user_agent: None,
+            now_s: 10_000,
+            recent_failures: 0,
+        };
+        assert_eq!(assess(&spec(), &r, &s, &same).score, 0);
+        let moved = Facts {
+            client_ip: Some("2001:db8:2::1".parse().unwrap()),
+            ..same
+        };
+        assert_eq!(assess(&spec(), &r, &s, &moved).score, 20);
+    }
+}
