@@ -73,10 +73,14 @@ pub async fn authorize_from(
                 if let Some(d) = decide_by_risk(rt, route, headers, client_ip, &a, now_s).await {
                     return (d, Some(a));
                 }
-            } else if let Some(step) = &route.identity.step_up {
-                // A step-up without a risk threshold applies to every request.
-                if let Some(reason) = policy::step_up_needed(step, &a.identity, now_s) {
-                    return (Decision::StepUp { reason }, Some(a));
+            }
+            if risk.step_up_at.is_none() {
+                if let Some(step) = &route.identity.step_up {
+                    // A step-up without a risk threshold applies to every request, also
+                    // on a route that denies by risk (and whatever the risk mode).
+                    if let Some(reason) = policy::step_up_needed(step, &a.identity, now_s) {
+                        return (Decision::StepUp { reason }, Some(a));
+                    }
                 }
             }
             (Decision::Allow, Some(a))
