@@ -63,19 +63,28 @@ impl<C: GovernorClock> Limit<C> {
         }
     }
 
-    /// The key's text for this request, or `None` when a part is missing.
+    /// The key's text for this request, or `None` when a part is missing. Each part is
+    /// length-prefixed, so no value (a header may hold anything) can make two different
+    /// keys read the same.
     pub fn key_text(&self, input: &KeyInput<'_>) -> Option<String> {
+        use std::fmt::Write;
         let mut out = String::with_capacity(64);
+        let mut push = |v: &str| {
+            let _ = write!(out, "{}:{v}|", v.len());
+        };
         for part in &self.spec.key {
-            out.push('|');
             match part {
-                KeyPart::ClientIp => out.push_str(&input.client_ip?.to_string()),
-                KeyPart::Session => out.push_str(input.session?),
-                KeyPart::User => out.push_str(input.user?),
-                KeyPart::Route => out.push_str(input.route),
+                KeyPart::ClientIp => push(&input.client_ip?.to_string()),
+                KeyPart::Session => push(input.session?),
+                KeyPart::User => push(input.user?),
+                KeyPart::Route => push(input.route),
                 KeyPart::Header(name) => {
                     let v = input.headers.get(name)?;
-                    out.push_str(&String::from_utf8_lossy(v.as_bytes()));
+                    // Bytes that are not UTF-8 are kept distinct (hex), not replaced.
+                    match v.to_str() {
+                        Ok(t) => push(t),
+                        Err(_) => push(&crate::session::keys::hex(v.as_bytes())),
+                    }
                 }
             }
         }
@@ -236,7 +245,23 @@ mod tests {
             user: Some("idp:alice"),
             ..input(&h, "192.0.2.1")
         };
-        assert_eq!(l.key_text(&i).as_deref(), Some("|idp:alice|r|k1"));
+        assert_eq!(l.key_text(&i).as_deref(), Some("9:idp:alice|1:r|2:k1|"));
+        // Values holding the separator cannot collide with other splits.
+        let two = Limit::new(spec(
+            vec![
+                KeyPart::Header(http::HeaderName::from_static("a")),
+                KeyPart::Header(http::HeaderName::from_static("b")),
+            ],
+            1000,
+            1,
+        ));
+        let key = |a: &str, b: &str| {
+            let mut h = http::HeaderMap::new();
+            h.insert("a", a.parse().unwrap());
+            h.insert("b", b.parse().unwrap());
+            two.key_text(&input(&h, "192.0.2.1")).unwrap()
+        };
+        assert_ne!(key("x|1:y", "z"), key("x", "y|1:z"));
     }
 
     #[test]

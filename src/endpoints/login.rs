@@ -205,6 +205,23 @@ pub async fn login(session: &Session, ctx: &RequestCtx, query: &str) -> Outcome 
                     crate::ratelimit::retry_after_secs(held.wait).into(),
                 );
                 rt.audit.emit("login-held", f);
+                if super::wants_json(session) {
+                    let mut out = super::json(
+                        429,
+                        serde_json::json!({
+                            "status": 429,
+                            "error": "login-regulated",
+                            "request_id": ctx.request_id.as_str(),
+                        }),
+                    );
+                    if let Outcome::Reply(r) = &mut out {
+                        r.headers.push((
+                            http::header::RETRY_AFTER,
+                            crate::ratelimit::retry_after_secs(held.wait).to_string(),
+                        ));
+                    }
+                    return out;
+                }
                 return pages::too_many_attempts(held.wait);
             }
             Err(_) => return error(503, "session-store-unavailable"),
