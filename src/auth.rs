@@ -128,29 +128,17 @@ async fn decide_by_risk(
         .step_up
         .as_ref()
         .and_then(|st| policy::step_up_needed(st, &a.identity, now_s));
-    let (outcome, threshold, decision) =
-        if let Some(t) = rr.deny_at.filter(|t| assessment.score >= *t) {
-            (
-                "deny",
-                Some(t),
-                Some(Decision::Deny {
-                    reason: "risk-too-high",
-                }),
-            )
-        } else if let (Some(t), Some(_)) = (
-            rr.step_up_at.filter(|t| assessment.score >= *t),
-            step_needed,
-        ) {
-            (
-                "step-up",
-                Some(t),
-                Some(Decision::StepUp {
-                    reason: "risk-step-up",
-                }),
-            )
-        } else {
-            ("allow", None, None)
-        };
+    let v = crate::risk::verdict(rr, assessment.score, step_needed.is_some());
+    let (outcome, threshold) = (v.outcome, v.threshold);
+    let decision = match outcome {
+        "deny" => Some(Decision::Deny {
+            reason: "risk-too-high",
+        }),
+        "step-up" => Some(Decision::StepUp {
+            reason: "risk-step-up",
+        }),
+        _ => None,
+    };
     let mode = rr.mode.unwrap_or(spec.mode);
     rt.metrics
         .risk_decision(&route.name, outcome, mode.label(), assessment.top_signal());

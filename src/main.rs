@@ -42,6 +42,39 @@ enum Command {
         #[arg(long)]
         host: Option<String>,
     },
+    /// Explain the risk decision for a described request to a route: every signal and
+    /// its points, the thresholds, and what the gateway would do.
+    Explain {
+        #[arg(long, short, default_value = "gateway.yaml")]
+        config: PathBuf,
+        /// The route (its name in the policies).
+        #[arg(long)]
+        route: String,
+        /// The client's address now.
+        #[arg(long)]
+        client_ip: Option<std::net::IpAddr>,
+        /// The client's User-Agent now.
+        #[arg(long)]
+        user_agent: Option<String>,
+        /// The address the session signed in from (default: the same as now).
+        #[arg(long)]
+        signed_in_from: Option<std::net::IpAddr>,
+        /// The User-Agent at sign-in (default: the same as now).
+        #[arg(long)]
+        signed_in_user_agent: Option<String>,
+        /// The session's provider (default: the route's first).
+        #[arg(long)]
+        provider: Option<String>,
+        /// The session's `acr` value.
+        #[arg(long)]
+        acr: Option<String>,
+        /// How long ago the user authenticated at the provider, e.g. 2h.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        auth_age: Option<std::time::Duration>,
+        /// Failed logins counted against the client's address.
+        #[arg(long, default_value_t = 0)]
+        recent_failures: u64,
+    },
     /// Run the gateway on its embedded defaults in front of a demo app (not for production).
     Demo {
         /// Port of the gateway (loopback only).
@@ -66,7 +99,148 @@ fn main() -> ExitCode {
         } => check(&config, &request, host.as_deref()),
         Command::Run { config } => run(&config),
         Command::Demo { port, admin_port } => run_demo(port, admin_port),
+        Command::Explain {
+            config,
+            route,
+            client_ip,
+            user_agent,
+            signed_in_from,
+            signed_in_user_agent,
+            provider,
+            acr,
+            auth_age,
+            recent_failures,
+        } => explain(
+            &config,
+            &route,
+            Described {
+                client_ip,
+                signed_in_from: signed_in_from.or(client_ip),
+                signed_in_user_agent: signed_in_user_agent.or_else(|| user_agent.clone()),
+                user_agent,
+                provider,
+                acr,
+                auth_age,
+                recent_failures,
+            },
+        ),
     }
+}
+
+/// A request and its session, as told on the command line.
+struct Described {
+    client_ip: Option<std::net::IpAddr>,
+    user_agent: Option<String>,
+    signed_in_from: Option<std::net::IpAddr>,
+    signed_in_user_agent: Option<String>,
+    provider: Option<String>,
+    acr: Option<String>,
+    auth_age: Option<std::time::Duration>,
+    recent_failures: u64,
+}
+
+/// Prints the risk decision for a described request, computed by the functions the
+/// request path uses (`risk::assess`, `risk::verdict`, `policy::step_up_needed`).
+fn explain(path: &std::path::Path, route_name: &str, d: Described) -> ExitCode {
+    let cfg = match config::load(path) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let Some(route) = cfg.routes.iter().find(|r| r.name == route_name) else {
+        eprintln!(
+            "error: no route {route_name:?} (routes: {})",
+            cfg.routes
+                .iter()
+                .map(|r| r.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        return ExitCode::FAILURE;
+    };
+    let rr = &route.identity.risk;
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let provider = d
+        .provider
+        .or_else(|| route.identity.providers.first().cloned())
+        .unwrap_or_default();
+    let session = portcullis::session::Session {
+        provider: provider.clone(),
+        acr: d.acr.clone(),
+        auth_time: Some(now_s.saturating_sub(d.auth_age.map_or(0, |a| a.as_secs()))),
+        client_ip: d.signed_in_from.map(|i| i.to_string()),
+        user_agent: d.signed_in_user_agent.clone(),
+        ..Default::default()
+    };
+    let facts = portcullis::risk::Facts {
+        client_ip: d.client_ip,
+        user_agent: d.user_agent.as_deref(),
+        now_s,
+        recent_failures: d.recent_failures,
+    };
+    let mode = rr.mode.unwrap_or(cfg.risk.mode);
+    println!(
+        "route {} (auth {}), risk mode {}",
+        route.name,
+        route.auth.as_str(),
+        mode.label()
+    );
+    let a = portcullis::risk::assess(&cfg.risk, rr, &session, &facts);
+    println!("score {} = {}", a.score, a.explain());
+    let step = route.identity.step_up.as_ref();
+    let step_needed = step.and_then(|st| portcullis::policy::step_up_needed(st, &session, now_s));
+    match (rr.deny_at, rr.step_up_at, step) {
+        (None, None, None) => println!("the route decides nothing by risk"),
+        _ => {
+            if let Some(t) = rr.deny_at {
+                println!("deny at {t} or more");
+            }
+            if let (Some(st), Some(t)) = (step, rr.step_up_at) {
+                println!("step up to {} at {t} or more", st.acr.level);
+            } else if let Some(st) = step {
+                println!("step up to {} on every request", st.acr.level);
+            }
+        }
+    }
+    let v = portcullis::risk::verdict(rr, a.score, step_needed.is_some());
+    let lacking = match (step_needed, step) {
+        (Some("authentication-too-old"), _) => "authenticated too long ago".to_string(),
+        (Some(_), Some(st)) => format!("below {}", st.acr.level),
+        _ => String::new(),
+    };
+    let plain_step = rr.step_up_at.is_none() && step_needed.is_some();
+    let (outcome, why) = match v.outcome {
+        "deny" => (
+            "deny (403 risk-too-high)",
+            format!("the score reached {}", v.threshold.unwrap_or(0)),
+        ),
+        "step-up" => (
+            "step up (risk-step-up)",
+            format!(
+                "the score reached {} and the session is {lacking}",
+                v.threshold.unwrap_or(0)
+            ),
+        ),
+        _ if plain_step => (
+            "step up (step-up-required)",
+            format!(
+                "the route always asks: the session is {}",
+                step_needed.unwrap_or("")
+            ),
+        ),
+        _ => ("allow", "no threshold reached".to_string()),
+    };
+    let taken = if mode == config::RiskMode::Shadow && v.outcome != "allow" {
+        " [shadow: reported, not taken]"
+    } else {
+        ""
+    };
+    println!("decision: {outcome}: {why}{taken}");
+    ExitCode::SUCCESS
 }
 
 fn check(path: &std::path::Path, requests: &[String], host: Option<&str>) -> ExitCode {

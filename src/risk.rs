@@ -71,6 +71,36 @@ fn network(ip: IpAddr) -> (u8, u128) {
     }
 }
 
+/// What a route's thresholds make of a score.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdict {
+    /// `allow`, `step-up` or `deny`.
+    pub outcome: &'static str,
+    /// The threshold reached, for `step-up` and `deny`.
+    pub threshold: Option<i32>,
+}
+
+/// Deny at or above `deny_at`; else step up at or above `step_up_at` when the session
+/// is below the step-up's level (`step_needed`); else allow.
+pub fn verdict(route: &RouteRisk, score: i32, step_needed: bool) -> Verdict {
+    if let Some(t) = route.deny_at.filter(|t| score >= *t) {
+        return Verdict {
+            outcome: "deny",
+            threshold: Some(t),
+        };
+    }
+    if let Some(t) = route.step_up_at.filter(|t| score >= *t && step_needed) {
+        return Verdict {
+            outcome: "step-up",
+            threshold: Some(t),
+        };
+    }
+    Verdict {
+        outcome: "allow",
+        threshold: None,
+    }
+}
+
 /// Scores a request of session `s` on a route.
 pub fn assess(spec: &RiskSpec, route: &RouteRisk, s: &Session, facts: &Facts<'_>) -> Assessment {
     let w = &spec.weights;
@@ -207,6 +237,35 @@ mod tests {
         let allowed = one(facts("10.1.2.3", "Firefox", 10_060, 0));
         assert_eq!(allowed.score, -10, "{}", allowed.explain());
         assert_eq!(allowed.top_signal(), "ip_changed");
+    }
+
+    #[test]
+    fn thresholds_deny_before_they_step_up() {
+        let r = RouteRisk {
+            deny_at: Some(90),
+            step_up_at: Some(40),
+            ..RouteRisk::default()
+        };
+        assert_eq!(verdict(&r, 39, true).outcome, "allow");
+        assert_eq!(
+            verdict(&r, 40, true),
+            Verdict {
+                outcome: "step-up",
+                threshold: Some(40)
+            }
+        );
+        assert_eq!(
+            verdict(&r, 40, false).outcome,
+            "allow",
+            "already at the level"
+        );
+        assert_eq!(
+            verdict(&r, 95, true),
+            Verdict {
+                outcome: "deny",
+                threshold: Some(90)
+            }
+        );
     }
 
     #[test]

@@ -522,3 +522,99 @@ async fn a_step_up_without_a_risk_threshold_applies_on_every_request_of_a_risk_r
     // Above it, the risk decision (deny) comes first.
     assert_denied(&s, &b, "/always", DENIED_NET, FIREFOX).await;
 }
+
+/// `portcullis explain` prints each signal with its points, the route's thresholds and
+/// the decision the request path would take, from a described request.
+#[test]
+fn explain_prints_every_signal_the_thresholds_and_the_decision() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("policies")).unwrap();
+    std::fs::write(dir.path().join("cs"), "secret").unwrap();
+    std::fs::write(
+        dir.path().join("gateway.yaml"),
+        "listen: [{ address: \"127.0.0.1:18080\" }]\n\
+         public_url: \"https://shop.example.com\"\n\
+         providers:\n  - id: customers\n    issuer: https://login.example.com\n    client_id: shop\n    client_secret: { file: cs }\n    acr_levels: { password: \"urn:pw\", mfa: \"urn:mfa\" }\n\
+         risk:\n  networks: { deny: [203.0.113.0/24] }\n  signals: { ip_changed: 40, user_agent_changed: 30, network_deny: 100 }\n\
+         upstreams:\n  shop: { targets: [\"127.0.0.1:3000\"] }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("policies/p.yaml"),
+        "routes:\n  - name: payouts\n    match: { path_prefix: /payouts }\n    upstream: shop\n    auth: login\n    sensitivity: 10\n    risk_mode: shadow\n    step_up: { acr: mfa, when_risk_at_least: 40 }\n    deny_when_risk_at_least: 90\n",
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .arg("explain")
+            .arg("--config")
+            .arg(dir.path().join("gateway.yaml"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let moved = run(&[
+        "--route",
+        "payouts",
+        "--client-ip",
+        "198.51.100.7",
+        "--signed-in-from",
+        "192.0.2.10",
+        "--acr",
+        "urn:pw",
+    ]);
+    assert!(moved.contains("risk mode shadow"), "{moved}");
+    assert!(
+        moved.contains("score 50 = route_sensitivity=+10, ip_changed=+40"),
+        "{moved}"
+    );
+    assert!(moved.contains("deny at 90 or more"), "{moved}");
+    assert!(moved.contains("step up to mfa at 40 or more"), "{moved}");
+    assert!(
+        moved.contains(
+            "decision: step up (risk-step-up): the score reached 40 and the session is below mfa [shadow: reported, not taken]"
+        ),
+        "{moved}"
+    );
+    let home = run(&[
+        "--route",
+        "payouts",
+        "--client-ip",
+        "192.0.2.10",
+        "--acr",
+        "urn:pw",
+    ]);
+    assert!(home.contains("score 10 = route_sensitivity=+10"), "{home}");
+    assert!(
+        home.contains("decision: allow: no threshold reached"),
+        "{home}"
+    );
+    let denied = run(&[
+        "--route",
+        "payouts",
+        "--client-ip",
+        "203.0.113.9",
+        "--user-agent",
+        "Chrome",
+        "--signed-in-user-agent",
+        "Firefox",
+        "--acr",
+        "urn:mfa",
+    ]);
+    assert!(
+        denied.contains(
+            "score 140 = route_sensitivity=+10, user_agent_changed=+30, network_deny=+100"
+        ),
+        "{denied}"
+    );
+    assert!(
+        denied.contains("decision: deny (403 risk-too-high)"),
+        "{denied}"
+    );
+}
