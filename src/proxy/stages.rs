@@ -390,18 +390,8 @@ async fn answer(
                 )
                 .await;
             }
-            let return_to = ctx
-                .target
-                .as_ref()
-                .map(|t| t.normalized.forward_target())
-                .unwrap_or_else(|| "/".into());
-            let location = endpoints::login_url(&ctx.rt, route, &return_to);
-            let mut h = ResponseHeader::build(302, Some(6))?;
-            h.insert_header(header::LOCATION, location)?;
-            h.insert_header(header::CONTENT_LENGTH, "0")?;
-            h.insert_header(header::CACHE_CONTROL, "no-store")?;
-            h.insert_header(crate::headers::X_REQUEST_ID, ctx.request_id.as_str())?;
-            write_response(session, ctx, h, Bytes::new()).await
+            let location = endpoints::login_url(&ctx.rt, route, &return_path(ctx));
+            redirect_to(session, ctx, location).await
         }
         Decision::Unauthorized { reason, error } => {
             // RFC 6750 §3: a challenge naming the realm, plus the error when a token was
@@ -439,18 +429,8 @@ async fn step_up(
     let from_session = identity.is_some_and(|a| a.session_id.is_some());
     let req = session.req_header();
     if from_session && !route.identity.api && auth::is_navigation(&req.method, &req.headers) {
-        let return_to = ctx
-            .target
-            .as_ref()
-            .map(|t| t.normalized.forward_target())
-            .unwrap_or_else(|| "/".into());
-        let location = endpoints::step_up_url(&ctx.rt, route, &return_to);
-        let mut h = ResponseHeader::build(302, Some(6))?;
-        h.insert_header(header::LOCATION, location)?;
-        h.insert_header(header::CONTENT_LENGTH, "0")?;
-        h.insert_header(header::CACHE_CONTROL, "no-store")?;
-        h.insert_header(crate::headers::X_REQUEST_ID, ctx.request_id.as_str())?;
-        return write_response(session, ctx, h, Bytes::new()).await;
+        let location = endpoints::step_up_url(&ctx.rt, route, &return_path(ctx));
+        return redirect_to(session, ctx, location).await;
     }
     let provider = identity.map(|a| a.identity.provider.as_str()).unwrap_or("");
     let values = step
@@ -476,6 +456,24 @@ async fn step_up(
         &[(header::WWW_AUTHENTICATE, challenge)],
     )
     .await
+}
+
+/// Where to come back to after a login: the request's own normalised target.
+fn return_path(ctx: &RequestCtx) -> String {
+    ctx.target
+        .as_ref()
+        .map(|t| t.normalized.forward_target())
+        .unwrap_or_else(|| "/".into())
+}
+
+/// A 302 of our own (to the login endpoint).
+async fn redirect_to(session: &mut Session, ctx: &mut RequestCtx, location: String) -> Result<()> {
+    let mut h = ResponseHeader::build(302, Some(6))?;
+    h.insert_header(header::LOCATION, location)?;
+    h.insert_header(header::CONTENT_LENGTH, "0")?;
+    h.insert_header(header::CACHE_CONTROL, "no-store")?;
+    h.insert_header(crate::headers::X_REQUEST_ID, ctx.request_id.as_str())?;
+    write_response(session, ctx, h, Bytes::new()).await
 }
 
 /// Writes one of our own error responses.
