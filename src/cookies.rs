@@ -44,7 +44,7 @@ pub fn clear(spec: &SessionSpec, name: &str) -> String {
 /// Removes our cookies from the request sent upstream: the session id is a credential
 /// for the gateway only, and an app that logs or leaks its request headers must not leak
 /// it. Other cookies pass unchanged.
-pub fn strip_ours(up: &mut RequestHeader, names: [&str; 2]) {
+pub fn strip_ours(up: &mut RequestHeader, names: [&str; 3]) {
     let mentions = up.headers.get_all(http::header::COOKIE).iter().any(|v| {
         let b = v.as_bytes();
         names
@@ -72,7 +72,7 @@ pub fn strip_ours(up: &mut RequestHeader, names: [&str; 2]) {
 /// Removes `Set-Cookie` headers for our cookies from an upstream's response: only the
 /// gateway issues its session, so an app (by mistake or compromised) cannot plant or
 /// clear one.
-pub fn strip_upstream_set_cookie(resp: &mut pingora::http::ResponseHeader, names: [&str; 2]) {
+pub fn strip_upstream_set_cookie(resp: &mut pingora::http::ResponseHeader, names: [&str; 3]) {
     let ours = |v: &http::HeaderValue| {
         v.to_str()
             .ok()
@@ -116,6 +116,7 @@ mod tests {
             }
             .into(),
             login_cookie_name: "x".into(),
+            device_cookie_name: "d".into(),
             secure_cookies: secure,
             idle_timeout: Duration::from_secs(60),
             absolute_timeout: Duration::from_secs(600),
@@ -163,7 +164,7 @@ mod tests {
         r.append_header("set-cookie", "sid=planted; Path=/")
             .unwrap();
         r.append_header("set-cookie", "b=2").unwrap();
-        strip_upstream_set_cookie(&mut r, ["sid", "sid-login"]);
+        strip_upstream_set_cookie(&mut r, ["sid", "sid-login", "sid-device"]);
         let all: Vec<_> = r.headers.get_all("set-cookie").iter().collect();
         assert_eq!(all, vec!["a=1; Path=/", "b=2"]);
     }
@@ -172,14 +173,14 @@ mod tests {
     fn our_cookies_never_reach_the_upstream() {
         let mut r = RequestHeader::build("GET", b"/", None).unwrap();
         r.append_header("cookie", "a=1; sid=secret; b=2").unwrap();
-        r.append_header("cookie", "sid-login=x").unwrap();
-        strip_ours(&mut r, ["sid", "sid-login"]);
+        r.append_header("cookie", "sid-login=x; sid-device=y").unwrap();
+        strip_ours(&mut r, ["sid", "sid-login", "sid-device"]);
         let all: Vec<_> = r.headers.get_all("cookie").iter().collect();
         assert_eq!(all.len(), 1);
         assert_eq!(all[0], "a=1; b=2");
         let mut r = RequestHeader::build("GET", b"/", None).unwrap();
         r.append_header("cookie", "sid=secret").unwrap();
-        strip_ours(&mut r, ["sid", "sid-login"]);
+        strip_ours(&mut r, ["sid", "sid-login", "sid-device"]);
         assert!(r.headers.get("cookie").is_none());
     }
 }

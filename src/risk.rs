@@ -144,6 +144,9 @@ pub fn assess(spec: &RiskSpec, route: &RouteRisk, s: &Session, facts: &Facts<'_>
     if facts.recent_failures > 0 {
         a.add("recent_failures", w.recent_failures);
     }
+    if s.new_device {
+        a.add("new_device", w.new_device);
+    }
     a
 }
 
@@ -162,6 +165,7 @@ mod tests {
                 network_deny: 100,
                 network_allow: -30,
                 recent_failures: 25,
+                new_device: 30,
             },
             deny_networks: vec!["203.0.113.0/24".parse().unwrap()],
             allow_networks: vec!["10.0.0.0/8".parse().unwrap()],

@@ -618,3 +618,47 @@ fn explain_prints_every_signal_the_thresholds_and_the_decision() {
         "{denied}"
     );
 }
+
+/// The first sign-in from a browser is from a new device; the next sign-in from the
+/// same browser (its device cookie known for the user) is not, and another browser is
+/// new again.
+#[tokio::test]
+async fn a_browser_is_a_new_device_until_it_has_signed_in_once() {
+    let s = gateway(&risk_yaml("enforce", ", new_device: 40")).await;
+    let a = signed_in(&s, HOME, FIREFOX).await;
+    assert_denied(&s, &a, "/guarded", HOME, FIREFOX).await;
+    let event = eventually(Duration::from_secs(10), || async {
+        let log = std::fs::read_to_string(s.gw.dir.path().join("audit.log")).ok()?;
+        log.lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|e| e["event"] == "risk-decision")
+    })
+    .await
+    .expect("a risk-decision event");
+    assert_eq!(event["signals"], json!({ "new_device": 40 }));
+
+    // The same browser signs in again: its device is known now.
+    let h = from(HOME, FIREFOX);
+    let mut page = a
+        .get_with(
+            &s.gw.url("/.portcullis/login?rd=%2Faccount&provider=idp"),
+            &h,
+        )
+        .await;
+    for _ in 0..10 {
+        let Some(next) = page.is_redirect().then(|| page.location()).flatten() else {
+            break;
+        };
+        page = a.get_with(&next, &h).await;
+    }
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert_served(&s, &a, "/guarded", HOME, FIREFOX).await;
+
+    // Another browser of the same user is a new device.
+    let b = signed_in(&s, HOME, FIREFOX).await;
+    assert_denied(&s, &b, "/guarded", HOME, FIREFOX).await;
+    assert_eq!(
+        decisions(&s.gw, "guarded", "deny", "enforce", "new_device").await,
+        2.0
+    );
+}

@@ -17,6 +17,8 @@ pub struct SessionSpec {
     pub cookie_name: String,
     /// The short-lived cookie binding a login in progress to the browser.
     pub login_cookie_name: String,
+    /// The long-lived cookie naming the browser (the `new_device` risk signal).
+    pub device_cookie_name: String,
     /// `Secure` and the `__Host-` prefix; off only for plain-http loopback development.
     pub secure_cookies: bool,
     pub idle_timeout: Duration,
@@ -28,9 +30,13 @@ pub struct SessionSpec {
 }
 
 impl SessionSpec {
-    /// The gateway's own cookies: the session and the login binding.
-    pub fn cookie_names(&self) -> [&str; 2] {
-        [&self.cookie_name, &self.login_cookie_name]
+    /// The gateway's own cookies: the session, the login binding and the device.
+    pub fn cookie_names(&self) -> [&str; 3] {
+        [
+            &self.cookie_name,
+            &self.login_cookie_name,
+            &self.device_cookie_name,
+        ]
     }
 }
 
@@ -387,6 +393,7 @@ impl Builder<'_> {
             store,
             cookie_name: format!("{prefix}{name}"),
             login_cookie_name: format!("{prefix}{name}-login"),
+            device_cookie_name: format!("{prefix}{name}-device"),
             secure_cookies: secure,
             idle_timeout: idle,
             absolute_timeout: absolute,

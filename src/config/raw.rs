@@ -456,7 +456,7 @@ pub struct RawSignals {
     #[serde(default)]
     pub recent_failures: Option<i32>,
     #[serde(default)]
-    pub new_device: Option<IgnoredAny>,
+    pub new_device: Option<i32>,
     #[serde(default)]
     pub credential_stuffing: Option<IgnoredAny>,
     #[serde(default)]

@@ -44,6 +44,7 @@ pub struct SignalWeights {
     pub network_deny: i32,
     pub network_allow: i32,
     pub recent_failures: i32,
+    pub new_device: i32,
 }
 
 /// `risk:`, validated.
@@ -107,7 +108,6 @@ impl Builder<'_> {
         self.refuse_present(
             "risk.signals",
             &[
-                (s.new_device.is_some(), "new_device"),
                 (s.credential_stuffing.is_some(), "credential_stuffing"),
                 (s.signup_velocity.is_some(), "signup_velocity"),
                 (s.country_changed.is_some(), "country_changed"),
@@ -140,6 +140,7 @@ impl Builder<'_> {
                 network_deny: s.network_deny.unwrap_or(0),
                 network_allow: s.network_allow.unwrap_or(0),
                 recent_failures: s.recent_failures.unwrap_or(0),
+                new_device: s.new_device.unwrap_or(0),
             },
         }
     }

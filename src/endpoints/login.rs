@@ -368,6 +368,7 @@ pub async fn callback(session: &Session, ctx: &RequestCtx, query: &str) -> Outco
         done.session.population = Some(pop.name.clone());
     }
     keep_tokens(rt, &mut done.session, &done.tokens, now);
+    let new_device_cookie = note_device(rt, &req.headers, &mut done.session, now).await;
     // A session the browser already had ends here: login always starts a new one under
     // a new id, so an id planted before login never becomes valid.
     if let Some(old) = cookies::find(&req.headers, &spec.cookie_name).and_then(SessionId::parse) {
@@ -400,7 +401,7 @@ pub async fn callback(session: &Session, ctx: &RequestCtx, query: &str) -> Outco
         .as_deref()
         .and_then(|name| rt.config.populations.iter().find(|p| p.name == name))
         .map_or(spec.absolute_timeout, |p| p.absolute_timeout);
-    let cookies = vec![
+    let mut cookies = vec![
         cookies::set(
             spec,
             &spec.cookie_name,
@@ -409,6 +410,14 @@ pub async fn callback(session: &Session, ctx: &RequestCtx, query: &str) -> Outco
         ),
         cookies::clear(spec, &spec.login_cookie_name),
     ];
+    if let Some(device) = new_device_cookie {
+        cookies.push(cookies::set(
+            spec,
+            &spec.device_cookie_name,
+            &device,
+            DEVICE_LIFETIME.as_secs(),
+        ));
+    }
     redirect(
         302,
         format!("{}{}", rt.public_url.origin, done.return_to),
@@ -489,6 +498,8 @@ async fn finish_step_up(
     s.acr = done.session.acr.clone();
     s.amr = done.session.amr.clone();
     s.auth_time = done.session.auth_time;
+    // More proof from this browser: it no longer counts as a new device.
+    s.new_device = false;
     // A privilege change: the id changes with it.
     let new_id = match rt.sessions.update(&id, &s).await {
         Ok(()) => rt.sessions.rotate(&id).await,
@@ -541,6 +552,49 @@ fn audit_step_up(
     f.insert("reason".into(), reason.into());
     f.insert("acr".into(), s.acr.clone().into());
     ctx.rt.audit.emit("step-up", f);
+}
+
+/// How long a browser is remembered as a user's device.
+const DEVICE_LIFETIME: std::time::Duration = std::time::Duration::from_secs(400 * 86_400);
+
+/// With the `new_device` risk signal on: marks the session as from a new device when
+/// the browser's device cookie is not among the user's known devices (kept in the
+/// store, `u:{<user>}:devices`), and remembers it. Returns a device id to set as a
+/// cookie when the browser had none. The id is 256 random bits; the store holds only
+/// its hash.
+async fn note_device(
+    rt: &Runtime,
+    headers: &http::HeaderMap,
+    s: &mut crate::session::Session,
+    now: u64,
+) -> Option<String> {
+    if rt.config.risk.weights.new_device == 0 {
+        return None;
+    }
+    let spec = &rt.config.session;
+    let presented = cookies::find(headers, &spec.device_cookie_name)
+        .filter(|v| flow::is_token_shaped(v))
+        .map(str::to_string);
+    let (device, new_cookie) = match presented {
+        Some(d) => (d, None),
+        None => {
+            let d = flow::random_token();
+            (d.clone(), Some(d))
+        }
+    };
+    let hash = crate::session::keys::sha256_hex(device.as_bytes());
+    let key = crate::session::keys::user_key(&s.user_key(), "devices");
+    // Unknown when the store cannot say: a new device (the signal errs on the safe side).
+    s.new_device = !rt
+        .store
+        .index_members(&key, now)
+        .await
+        .is_ok_and(|known| known.contains(&hash));
+    let until = now.saturating_add(DEVICE_LIFETIME.as_millis() as u64);
+    if let Err(e) = rt.store.index_add(&key, &hash, until).await {
+        log::warn!("cannot remember a device: {e}");
+    }
+    new_cookie
 }
 
 /// A login that failed at the callback: counted, logged, and regulated (4xx failures

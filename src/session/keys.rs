@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `s:{<id-hash>}` | one session, addressed by the SHA-256 of its cookie id |
 //! | `u:{<user-hash>}:sessions` | the user's index: session id hashes scored by expiry |
-//! | `u:{<user-hash>}:<name>` | any other per-user state, in the user's slot |
+//! | `u:{<user-hash>}:<name>` | any other per-user state, in the user's slot (`devices`: the user's known browsers) |
 //! | `p:{<sid-hash>}:sessions` | sessions a provider session (`sid`) made, for back-channel logout |
 //! | `{all}:sessions` | every session, scored by when it lapses (counting) |
 //! | `l:{<state-hash>}` | short-lived login state (single use) |

@@ -96,6 +96,10 @@ pub struct Session {
     /// While a step-up's higher level lasts: the level to fall back to, and when.
     #[serde(default)]
     pub elevation: Option<Elevation>,
+    /// Signed in from a browser not seen before for this user (the `new_device` risk
+    /// signal); cleared by a successful step-up.
+    #[serde(default)]
+    pub new_device: bool,
 }
 
 /// A session's base assurance while a step-up's higher one (in the session's own
