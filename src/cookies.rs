@@ -173,7 +173,8 @@ mod tests {
     fn our_cookies_never_reach_the_upstream() {
         let mut r = RequestHeader::build("GET", b"/", None).unwrap();
         r.append_header("cookie", "a=1; sid=secret; b=2").unwrap();
-        r.append_header("cookie", "sid-login=x; sid-device=y").unwrap();
+        r.append_header("cookie", "sid-login=x; sid-device=y")
+            .unwrap();
         strip_ours(&mut r, ["sid", "sid-login", "sid-device"]);
         let all: Vec<_> = r.headers.get_all("cookie").iter().collect();
         assert_eq!(all.len(), 1);
