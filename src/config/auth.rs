@@ -1060,31 +1060,13 @@ impl Builder<'_> {
         session: &SessionSpec,
     ) -> Vec<PopulationSpec> {
         let mut out = Vec::new();
-        let Some(n) = self.root.get("populations") else {
-            return out;
-        };
-        let node::Value::Map(entries) = &n.value else {
-            self.err(
-                "populations",
-                "expected a mapping of population name to its settings",
-            );
-            return out;
-        };
-        for (k, v) in entries {
-            let node::Value::Str(name) = &k.value else {
-                self.err("populations", "population names are strings");
-                continue;
-            };
-            let path = format!("populations.{name}");
-            if !super::valid_name(name) {
-                self.err(
-                    &path,
-                    format!("{name:?}: population names use lower-case letters, digits, '-' and '_' (they become metric labels)"),
-                );
-            }
-            let Some(raw) = self.decode::<RawPopulation>(v, &path) else {
-                continue;
-            };
+        let entries = self.named_entries::<RawPopulation>(
+            "populations",
+            "expected a mapping of population name to its settings",
+            "population names are strings",
+            |name| format!("{name:?}: population names use lower-case letters, digits, '-' and '_' (they become metric labels)"),
+        );
+        for (name, path, raw) in entries {
             let RawPopulation {
                 providers: ids,
                 claims,
@@ -1150,7 +1132,7 @@ impl Builder<'_> {
                 );
             }
             out.push(PopulationSpec {
-                name: name.clone(),
+                name,
                 providers: ids,
                 claims: claims.into_iter().collect(),
                 acr,

@@ -1,7 +1,6 @@
 //! `rate_limits:` (named limits in `gateway.yaml`), `login.rate_limits` and each route's
 //! `rate_limits`. Validated here; enforced by `crate::ratelimit`.
 
-use super::node;
 use super::raw::*;
 use super::{AuthMode, Builder, SessionSpec, StoreSpec};
 use std::time::Duration;
@@ -90,31 +89,13 @@ impl Builder<'_> {
     /// `rate_limits:` in document order.
     pub(super) fn rate_limits(&mut self, session: &SessionSpec) -> Vec<RateLimitSpec> {
         let mut out = Vec::new();
-        let Some(n) = self.root.get("rate_limits") else {
-            return out;
-        };
-        let node::Value::Map(entries) = &n.value else {
-            self.err(
-                "rate_limits",
-                "expected a mapping of limit name to { key, rate, burst }",
-            );
-            return out;
-        };
-        for (k, v) in entries {
-            let node::Value::Str(name) = &k.value else {
-                self.err("rate_limits", "limit names are strings");
-                continue;
-            };
-            let path = format!("rate_limits.{name}");
-            if !super::valid_name(name) {
-                self.err(
-                    &path,
-                    format!("{name:?}: limit names use lower-case letters, digits, '-' and '_' (they become metric labels)"),
-                );
-            }
-            let Some(raw) = self.decode::<RawRateLimit>(v, &path) else {
-                continue;
-            };
+        let entries = self.named_entries::<RawRateLimit>(
+            "rate_limits",
+            "expected a mapping of limit name to { key, rate, burst }",
+            "limit names are strings",
+            |name| format!("{name:?}: limit names use lower-case letters, digits, '-' and '_' (they become metric labels)"),
+        );
+        for (name, path, raw) in entries {
             let mut key = Vec::new();
             let parts = raw.key.into_vec();
             if parts.is_empty() {
@@ -171,7 +152,7 @@ impl Builder<'_> {
                 );
             }
             out.push(RateLimitSpec {
-                name: name.clone(),
+                name,
                 key,
                 period: unit / count,
                 burst: burst.max(1),

@@ -655,33 +655,54 @@ impl<'a> Builder<'a> {
 
     fn upstreams(&mut self, base: &Path) -> BTreeMap<String, UpstreamSpec> {
         let mut out = BTreeMap::new();
-        let Some(n) = self.root.get("upstreams") else {
+        let entries = self.named_entries::<RawUpstream>(
+            "upstreams",
+            "expected a mapping of upstream name to settings",
+            "upstream names must be strings",
+            |_| {
+                "names use lower-case letters, digits, '-' and '_' (they become metric labels)"
+                    .into()
+            },
+        );
+        for (name, path, raw) in entries {
+            if let Some(spec) = self.upstream(&name, &raw, &path, base) {
+                out.insert(name, spec);
+            }
+        }
+        out
+    }
+
+    /// The entries of the mapping under the top-level `key`, in document order, each
+    /// decoded as `T`, with its name and YAML path (`key.name`). Reports, each once: a
+    /// value that is not a mapping (`shape`), a name that is not a string
+    /// (`not_string`), and a name that cannot be a metric label (`bad_name`). An entry
+    /// whose value does not decode is reported by `decode` and left out.
+    fn named_entries<T: serde::de::DeserializeOwned>(
+        &mut self,
+        key: &str,
+        shape: &str,
+        not_string: &str,
+        bad_name: impl Fn(&str) -> String,
+    ) -> Vec<(String, String, T)> {
+        let mut out = Vec::new();
+        let Some(n) = self.root.get(key) else {
             return out;
         };
         let node::Value::Map(entries) = &n.value else {
-            self.err(
-                "upstreams",
-                "expected a mapping of upstream name to settings",
-            );
+            self.err(key, shape);
             return out;
         };
         for (k, v) in entries {
             let node::Value::Str(name) = &k.value else {
-                self.err("upstreams", "upstream names must be strings");
+                self.err(key, not_string);
                 continue;
             };
-            let path = format!("upstreams.{name}");
+            let path = format!("{key}.{name}");
             if !valid_name(name) {
-                self.err(
-                    &path,
-                    "names use lower-case letters, digits, '-' and '_' (they become metric labels)",
-                );
+                self.err(&path, bad_name(name));
             }
-            let Some(raw) = self.decode::<RawUpstream>(v, &path) else {
-                continue;
-            };
-            if let Some(spec) = self.upstream(name, &raw, &path, base) {
-                out.insert(name.clone(), spec);
+            if let Some(raw) = self.decode::<T>(v, &path) {
+                out.push((name.clone(), path, raw));
             }
         }
         out
