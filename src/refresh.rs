@@ -28,11 +28,7 @@ const POLL: Duration = Duration::from_millis(25);
 
 /// Whether `s` should be kept fresh for this request.
 pub fn needed(rt: &Runtime, s: &Session, forwards_token: bool) -> bool {
-    forwards_token
-        || s.population
-            .as_deref()
-            .and_then(|n| rt.config.populations.iter().find(|p| p.name == n))
-            .is_some_and(|p| p.refresh_tokens)
+    forwards_token || rt.population(s).is_some_and(|p| p.refresh_tokens)
 }
 
 fn due(s: &Session, now_ms: u64) -> bool {

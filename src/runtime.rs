@@ -221,6 +221,19 @@ impl Runtime {
         })
     }
 
+    /// The population a session was placed in, while it is still configured.
+    pub fn population(&self, s: &crate::session::Session) -> Option<&config::PopulationSpec> {
+        let name = s.population.as_deref()?;
+        self.config.populations.iter().find(|p| p.name == name)
+    }
+
+    /// How long a session can live at most: its population's absolute timeout, else
+    /// the session default (the session cookie's lifetime).
+    pub fn absolute_timeout(&self, s: &crate::session::Session) -> std::time::Duration {
+        self.population(s)
+            .map_or(self.config.session.absolute_timeout, |p| p.absolute_timeout)
+    }
+
     /// The first route (in precedence order) matching the request.
     pub fn route(&self, host: Option<&str>, path: &str, method: &Method) -> Option<&Route> {
         self.routes

@@ -395,12 +395,7 @@ pub async fn callback(session: &Session, ctx: &RequestCtx, query: &str) -> Outco
         now.saturating_sub(done.started_ms) as f64 / 1000.0,
     );
     // The cookie lives as long as the session can: its population's absolute timeout.
-    let lifetime = created
-        .session
-        .population
-        .as_deref()
-        .and_then(|name| rt.config.populations.iter().find(|p| p.name == name))
-        .map_or(spec.absolute_timeout, |p| p.absolute_timeout);
+    let lifetime = rt.absolute_timeout(&created.session);
     let mut cookies = vec![
         cookies::set(
             spec,
@@ -512,11 +507,7 @@ async fn finish_step_up(
     };
     rt.metrics.step_up(&step.route, "completed", "ok");
     audit_step_up(ctx, &step.route, &s, "completed", "ok");
-    let lifetime = s
-        .population
-        .as_deref()
-        .and_then(|name| rt.config.populations.iter().find(|p| p.name == name))
-        .map_or(spec.absolute_timeout, |p| p.absolute_timeout);
+    let lifetime = rt.absolute_timeout(&s);
     let elapsed = now.saturating_sub(s.created_ms) / 1000;
     redirect(
         302,
@@ -659,11 +650,7 @@ fn keep_tokens(
     if !rt.sessions.can_keep_tokens() {
         return;
     }
-    let refreshing = s
-        .population
-        .as_deref()
-        .and_then(|name| rt.config.populations.iter().find(|p| p.name == name))
-        .is_some_and(|p| p.refresh_tokens);
+    let refreshing = rt.population(s).is_some_and(|p| p.refresh_tokens);
     let mut kept = SealedTokens::default();
     let seal = |kind, t: &Option<String>| t.as_deref().and_then(|t| rt.sessions.seal(s, kind, t));
     kept.id_token = seal(TokenKind::Id, &tokens.id_token);
