@@ -75,15 +75,18 @@ impl Audit {
         })
     }
 
-    /// Records `event` with its fields (`ts` and `event` are added).
-    pub fn emit(&self, event: &str, fields: Map<String, Value>) {
+    /// Records `event` with the fields of the JSON object `fields` (`ts` and `event`
+    /// are added).
+    pub fn emit(&self, event: &str, fields: Value) {
         let Some(tx) = &self.tx else {
             return;
         };
-        let mut obj = Map::with_capacity(fields.len() + 2);
+        let mut obj = Map::new();
         obj.insert("ts".into(), Value::String(now_rfc3339()));
         obj.insert("event".into(), Value::String(event.into()));
-        obj.extend(fields);
+        if let Value::Object(f) = fields {
+            obj.extend(f);
+        }
         let mut line = Value::Object(obj).to_string();
         line.push('\n');
         match tx.try_send(line) {
@@ -113,9 +116,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.log");
         let a = Audit::new(AuditOutput::File(path.clone()), Arc::new(Metrics::new())).unwrap();
-        let mut f = Map::new();
-        f.insert("reason".into(), "logout".into());
-        a.emit("session-ended", f);
+        a.emit("session-ended", serde_json::json!({ "reason": "logout" }));
         let line = (0..200)
             .find_map(|_| {
                 let t = std::fs::read_to_string(&path).unwrap_or_default();

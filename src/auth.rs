@@ -143,23 +143,23 @@ async fn decide_by_risk(
     rt.metrics
         .risk_decision(&route.name, outcome, mode.label(), assessment.top_signal());
     if outcome != "allow" {
-        let mut f = serde_json::Map::new();
-        f.insert("route".into(), route.name.to_string().into());
-        f.insert(
-            "user".into(),
-            crate::audit::pseudonym(&a.identity.user_key()).into(),
-        );
-        f.insert("score".into(), assessment.score.into());
         let signals: serde_json::Map<String, serde_json::Value> = assessment
             .contributions
             .iter()
             .map(|c| (c.signal.to_string(), c.points.into()))
             .collect();
-        f.insert("signals".into(), signals.into());
-        f.insert("threshold".into(), threshold.into());
-        f.insert("mode".into(), mode.label().into());
-        f.insert("outcome".into(), outcome.into());
-        rt.audit.emit("risk-decision", f);
+        rt.audit.emit(
+            "risk-decision",
+            serde_json::json!({
+                "route": &*route.name,
+                "user": crate::audit::pseudonym(&a.identity.user_key()),
+                "score": assessment.score,
+                "signals": signals,
+                "threshold": threshold,
+                "mode": mode.label(),
+                "outcome": outcome,
+            }),
+        );
     }
     match mode {
         crate::config::RiskMode::Shadow => None,

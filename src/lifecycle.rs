@@ -11,12 +11,13 @@ use std::collections::BTreeMap;
 pub fn sessions_ended(rt: &Runtime, ended: &[Session], reason: &'static str) {
     rt.metrics.sessions_ended(reason, ended.len());
     for s in ended {
-        let mut f = serde_json::Map::new();
-        f.insert("reason".into(), reason.into());
-        f.insert("user".into(), crate::audit::pseudonym(&s.user_key()).into());
-        f.insert("provider".into(), s.provider.clone().into());
+        let mut f = serde_json::json!({
+            "reason": reason,
+            "user": crate::audit::pseudonym(&s.user_key()),
+            "provider": s.provider,
+        });
         if let Some(p) = &s.population {
-            f.insert("population".into(), p.clone().into());
+            f["population"] = p.as_str().into();
         }
         rt.audit.emit("session-ended", f);
     }

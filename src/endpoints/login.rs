@@ -196,15 +196,15 @@ pub async fn login(session: &Session, ctx: &RequestCtx, query: &str) -> Outcome 
             Ok(None) => {}
             Ok(Some(held)) => {
                 rt.metrics.login_regulated(held.action, held.kind);
-                let mut f = serde_json::Map::new();
-                f.insert("request_id".into(), ctx.request_id.as_str().into());
-                f.insert("action".into(), held.action.into());
-                f.insert("kind".into(), held.kind.into());
-                f.insert(
-                    "retry_after".into(),
-                    crate::ratelimit::retry_after_secs(held.wait).into(),
+                rt.audit.emit(
+                    "login-held",
+                    serde_json::json!({
+                        "request_id": ctx.request_id.as_str(),
+                        "action": held.action,
+                        "kind": held.kind,
+                        "retry_after": crate::ratelimit::retry_after_secs(held.wait),
+                    }),
                 );
-                rt.audit.emit("login-held", f);
                 if super::wants_json(session) {
                     let mut out = super::json(
                         429,
@@ -535,14 +535,17 @@ fn audit_step_up(
     outcome: &str,
     reason: &str,
 ) {
-    let mut f = serde_json::Map::new();
-    f.insert("request_id".into(), ctx.request_id.as_str().into());
-    f.insert("route".into(), route.into());
-    f.insert("user".into(), crate::audit::pseudonym(&s.user_key()).into());
-    f.insert("outcome".into(), outcome.into());
-    f.insert("reason".into(), reason.into());
-    f.insert("acr".into(), s.acr.clone().into());
-    ctx.rt.audit.emit("step-up", f);
+    ctx.rt.audit.emit(
+        "step-up",
+        serde_json::json!({
+            "request_id": ctx.request_id.as_str(),
+            "route": route,
+            "user": crate::audit::pseudonym(&s.user_key()),
+            "outcome": outcome,
+            "reason": reason,
+            "acr": s.acr,
+        }),
+    );
 }
 
 /// How long a browser is remembered as a user's device.
@@ -603,12 +606,15 @@ async fn failed(
         "request {}: login failed at callback: {reason} (provider {provider})",
         ctx.request_id
     );
-    let mut f = serde_json::Map::new();
-    f.insert("request_id".into(), ctx.request_id.as_str().into());
-    f.insert("provider".into(), provider.into());
-    f.insert("reason".into(), reason.into());
-    f.insert("status".into(), status.into());
-    rt.audit.emit("login-failed", f);
+    rt.audit.emit(
+        "login-failed",
+        serde_json::json!({
+            "request_id": ctx.request_id.as_str(),
+            "provider": provider,
+            "reason": reason,
+            "status": status,
+        }),
+    );
     if let Some(spec) = &rt.config.login.regulation {
         if (400..500).contains(&status) {
             let mut subjects = Vec::with_capacity(2);
@@ -624,11 +630,14 @@ async fn failed(
                 Ok(banned) => {
                     for kind in banned {
                         rt.metrics.login_regulated("ban-started", kind);
-                        let mut f = serde_json::Map::new();
-                        f.insert("request_id".into(), ctx.request_id.as_str().into());
-                        f.insert("kind".into(), kind.into());
-                        f.insert("ban_seconds".into(), spec.ban.as_secs().into());
-                        rt.audit.emit("login-banned", f);
+                        rt.audit.emit(
+                            "login-banned",
+                            serde_json::json!({
+                                "request_id": ctx.request_id.as_str(),
+                                "kind": kind,
+                                "ban_seconds": spec.ban.as_secs(),
+                            }),
+                        );
                     }
                 }
                 Err(e) => log::warn!("login regulation: cannot count a failure: {e}"),

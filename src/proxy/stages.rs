@@ -274,16 +274,16 @@ pub async fn refuse_or_pass(
     }
     // A signed-in user refused by policy is a decision someone may ask about.
     if let (Decision::Deny { reason }, Some(a)) = (&decision, &identity) {
-        let mut f = serde_json::Map::new();
-        f.insert("request_id".into(), ctx.request_id.as_str().into());
-        f.insert("route".into(), route.name.to_string().into());
-        f.insert("reason".into(), (*reason).into());
-        f.insert(
-            "user".into(),
-            crate::audit::pseudonym(&a.identity.user_key()).into(),
+        rt.audit.emit(
+            "access-denied",
+            serde_json::json!({
+                "request_id": ctx.request_id.as_str(),
+                "route": &*route.name,
+                "reason": reason,
+                "user": crate::audit::pseudonym(&a.identity.user_key()),
+                "outcome": "deny",
+            }),
         );
-        f.insert("outcome".into(), "deny".into());
-        rt.audit.emit("access-denied", f);
     }
     answer(session, ctx, route, decision, identity.as_ref()).await?;
     Ok(true)
