@@ -164,12 +164,23 @@ async fn echo(
 }
 
 /// A free loopback port. Pingora cannot report the port it bound, so tests pick first.
+/// The kernel may hand the same port out again as soon as it is released (so two calls
+/// in a row can give one port for a listener and its admin address): a port is handed
+/// out once per test process.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// A running `portcullis run` process with its own config directory.
