@@ -100,18 +100,14 @@ async fn decide_by_risk(
 ) -> Option<Decision> {
     let rr = &route.identity.risk;
     let spec = &rt.config.risk;
-    let mut recent_failures = 0;
-    if spec.weights.recent_failures != 0 {
+    let mut counts = crate::risk::AddressCounts::default();
+    if spec.reads_address_counts() {
         if let Some(ip) = client_ip {
             // Unknown (store down) counts as none: the store's own outage already
             // fails protected routes closed.
-            recent_failures = crate::regulation::failures(
-                rt.store.as_ref(),
-                &crate::regulation::Subject::Ip(ip),
-                now_s * 1000,
-            )
-            .await
-            .unwrap_or(0);
+            counts = crate::regulation::address_counts(rt.store.as_ref(), ip, now_s * 1000)
+                .await
+                .unwrap_or_default();
         }
     }
     let facts = crate::risk::Facts {
@@ -120,7 +116,7 @@ async fn decide_by_risk(
             .get(http::header::USER_AGENT)
             .and_then(|v| v.to_str().ok()),
         now_s,
-        recent_failures,
+        counts,
     };
     let assessment = crate::risk::assess(spec, rr, &a.identity, &facts);
     let step_needed = route

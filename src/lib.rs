@@ -9,6 +9,7 @@ pub mod clock;
 pub mod config;
 pub mod cookies;
 pub mod demo;
+pub mod geoip;
 pub mod devidp;
 pub mod endpoints;
 pub mod headers;

@@ -74,6 +74,17 @@ enum Command {
         /// Failed logins counted against the client's address.
         #[arg(long, default_value_t = 0)]
         recent_failures: u64,
+        /// Distinct accounts seen signing in from the client's address (credential
+        /// stuffing).
+        #[arg(long, default_value_t = 0)]
+        accounts_from_address: u64,
+        /// Sign-ups started from the client's address (sign-up velocity).
+        #[arg(long, default_value_t = 0)]
+        signups_from_address: u64,
+        /// How long ago the session was created, e.g. 3h (impossible travel; default:
+        /// the same as --auth-age, else now).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        session_age: Option<std::time::Duration>,
     },
     /// Run the gateway on its embedded defaults in front of a demo app (not for production).
     Demo {
@@ -110,6 +121,9 @@ fn main() -> ExitCode {
             acr,
             auth_age,
             recent_failures,
+            accounts_from_address,
+            signups_from_address,
+            session_age,
         } => explain(
             &config,
             &route,
@@ -121,7 +135,12 @@ fn main() -> ExitCode {
                 provider,
                 acr,
                 auth_age,
-                recent_failures,
+                session_age: session_age.or(auth_age),
+                counts: portcullis::risk::AddressCounts {
+                    failures: recent_failures,
+                    accounts: accounts_from_address,
+                    signups: signups_from_address,
+                },
             },
         ),
     }
@@ -136,7 +155,8 @@ struct Described {
     provider: Option<String>,
     acr: Option<String>,
     auth_age: Option<std::time::Duration>,
-    recent_failures: u64,
+    session_age: Option<std::time::Duration>,
+    counts: portcullis::risk::AddressCounts,
 }
 
 /// Prints the risk decision for a described request, computed by the functions the
@@ -174,13 +194,14 @@ fn explain(path: &std::path::Path, route_name: &str, d: Described) -> ExitCode {
         auth_time: Some(now_s.saturating_sub(d.auth_age.map_or(0, |a| a.as_secs()))),
         client_ip: d.signed_in_from.map(|i| i.to_string()),
         user_agent: d.signed_in_user_agent.clone(),
+        created_ms: (now_s.saturating_sub(d.session_age.map_or(0, |a| a.as_secs()))) * 1000,
         ..Default::default()
     };
     let facts = portcullis::risk::Facts {
         client_ip: d.client_ip,
         user_agent: d.user_agent.as_deref(),
         now_s,
-        recent_failures: d.recent_failures,
+        counts: d.counts,
     };
     let mode = rr.mode.unwrap_or(cfg.risk.mode);
     println!(
@@ -189,6 +210,18 @@ fn explain(path: &std::path::Path, route_name: &str, d: Described) -> ExitCode {
         route.auth.as_str(),
         mode.label()
     );
+    if let Some(geo) = &cfg.risk.geoip {
+        let place = |ip: Option<std::net::IpAddr>| {
+            ip.and_then(|i| geo.db.locate(i))
+                .and_then(|p| p.country_code().map(str::to_string))
+                .unwrap_or_else(|| "not in the GeoIP database".into())
+        };
+        println!(
+            "client address: {}; signed in from: {}",
+            place(d.client_ip),
+            place(d.signed_in_from)
+        );
+    }
     let a = portcullis::risk::assess(&cfg.risk, rr, &session, &facts);
     println!("score {} = {}", a.score, a.explain());
     let step = route.identity.step_up.as_ref();

@@ -12,6 +12,11 @@
 //! | `reg:{<hash>}:failures` | failure times (an index, members expire after `window`) |
 //! | `reg:{<hash>}:last` | the latest failure (Unix ms) |
 //! | `reg:{<hash>}:ban` | present while banned; its value is the end (Unix ms) |
+//! | `reg:{<hash>}:accounts` | per address: the accounts (hashed) that signed in or tried to, for the `credential_stuffing` risk signal |
+//! | `reg:{<hash>}:signups` | per address: sign-up journeys started, for `signup_velocity` |
+//!
+//! An address's keys share its hash tag, so the risk engine reads all its counts in one
+//! round trip ([`address_counts`]).
 
 use crate::config::RegulationSpec;
 use crate::session::{keys, SessionStore, StoreError};
@@ -134,6 +139,56 @@ pub async fn failures(
     now_ms: u64,
 ) -> Result<u64, StoreError> {
     store.index_count(&key(subject, "failures"), now_ms).await
+}
+
+/// What the risk signals count against a client address, in one round trip.
+pub async fn address_counts(
+    store: &dyn SessionStore,
+    ip: IpAddr,
+    now_ms: u64,
+) -> Result<crate::risk::AddressCounts, StoreError> {
+    let s = Subject::Ip(ip);
+    let (f, a, u) = (key(&s, "failures"), key(&s, "accounts"), key(&s, "signups"));
+    let n = store.index_counts(&[&f, &a, &u], now_ms).await?;
+    let at = |i: usize| n.get(i).copied().unwrap_or(0);
+    Ok(crate::risk::AddressCounts {
+        failures: at(0),
+        accounts: at(1),
+        signups: at(2),
+    })
+}
+
+/// Notes that `account` (an email given for home-realm discovery, or `provider:sub`)
+/// signed in or tried to from `ip`; returns how many distinct accounts did within
+/// `window` (the `credential_stuffing` signal).
+pub async fn note_account(
+    store: &dyn SessionStore,
+    ip: IpAddr,
+    account: &str,
+    window: Duration,
+    now_ms: u64,
+) -> Result<u64, StoreError> {
+    let k = key(&Subject::Ip(ip), "accounts");
+    let member = Subject::Account(account).hash();
+    let until = now_ms.saturating_add(window.as_millis() as u64);
+    store.index_add(&k, &member, until).await?;
+    store.index_count(&k, now_ms).await
+}
+
+/// Notes a sign-up journey started from `ip`; returns how many did within `window`
+/// (the `signup_velocity` signal).
+pub async fn note_signup(
+    store: &dyn SessionStore,
+    ip: IpAddr,
+    window: Duration,
+    now_ms: u64,
+) -> Result<u64, StoreError> {
+    let k = key(&Subject::Ip(ip), "signups");
+    let until = now_ms.saturating_add(window.as_millis() as u64);
+    store
+        .index_add(&k, &crate::oidc::flow::random_token(), until)
+        .await?;
+    store.index_count(&k, now_ms).await
 }
 
 /// Counts a failed login against each subject; returns the kinds of the subjects whose
@@ -271,6 +326,50 @@ mod tests {
             check(&store, &spec, &alice, now(&clock)).await.unwrap(),
             None,
             "ban and window over"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_address_counts_distinct_accounts_and_signups_in_their_windows() {
+        use crate::clock::Clock;
+        let clock = FakeClock::new();
+        let store = MemoryStore::with_clock(Arc::new(clock.clone()));
+        let ip: IpAddr = "192.0.2.7".parse().unwrap();
+        let other: IpAddr = "192.0.2.8".parse().unwrap();
+        let ten_min = Duration::from_secs(600);
+        for account in ["a@example.com", "A@Example.com", "b@example.com", "c:sub"] {
+            note_account(&store, ip, account, ten_min, clock.now_ms())
+                .await
+                .unwrap();
+        }
+        for _ in 0..2 {
+            note_signup(&store, ip, Duration::from_secs(3600), clock.now_ms())
+                .await
+                .unwrap();
+        }
+        record_failure(&store, &spec(), &[Subject::Ip(ip)], clock.now_ms())
+            .await
+            .unwrap();
+        let counts = address_counts(&store, ip, clock.now_ms()).await.unwrap();
+        assert_eq!(
+            counts,
+            crate::risk::AddressCounts {
+                failures: 1,
+                accounts: 3,
+                signups: 2
+            },
+            "the same address in another case is one account"
+        );
+        assert_eq!(
+            address_counts(&store, other, clock.now_ms()).await.unwrap(),
+            crate::risk::AddressCounts::default()
+        );
+        clock.advance(Duration::from_secs(601));
+        let later = address_counts(&store, ip, clock.now_ms()).await.unwrap();
+        assert_eq!(
+            (later.accounts, later.signups),
+            (0, 2),
+            "accounts window over"
         );
     }
 

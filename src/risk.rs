@@ -3,7 +3,9 @@
 //! fired is reported by name with its contribution, so a decision can be explained.
 //!
 //! The signals use what the request and its session already hold (no I/O), except
-//! `recent_failures`, which reads one count from the session store.
+//! those counted per client address (`recent_failures`, `credential_stuffing`,
+//! `signup_velocity`): their counts come from the store in one round trip
+//! ([`crate::regulation::address_counts`]). GeoIP lookups are in memory.
 
 use crate::config::{RiskSpec, RouteRisk};
 use crate::session::Session;
@@ -58,8 +60,19 @@ pub struct Facts<'a> {
     pub client_ip: Option<IpAddr>,
     pub user_agent: Option<&'a str>,
     pub now_s: u64,
-    /// Failed logins from the client's address in the regulation window.
-    pub recent_failures: u64,
+    /// What the store counts against the client's address.
+    pub counts: AddressCounts,
+}
+
+/// Counted per client address in the store (see [`crate::regulation`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AddressCounts {
+    /// Failed logins in the regulation window.
+    pub failures: u64,
+    /// Distinct accounts that signed in or tried to, in the credential-stuffing window.
+    pub accounts: u64,
+    /// Sign-up journeys started, in the sign-up-velocity window.
+    pub signups: u64,
 }
 
 /// The network a client address belongs to, for "the client moved": IPv4 by /24, IPv6
@@ -141,13 +154,71 @@ pub fn assess(spec: &RiskSpec, route: &RouteRisk, s: &Session, facts: &Facts<'_>
             a.add("network_allow", w.network_allow);
         }
     }
-    if facts.recent_failures > 0 {
+    if facts.counts.failures > 0 {
         a.add("recent_failures", w.recent_failures);
+    }
+    if let Some(c) = w.credential_stuffing {
+        if facts.counts.accounts >= u64::from(c.at_least) {
+            a.add("credential_stuffing", c.weight);
+        }
+    }
+    if let Some(c) = w.signup_velocity {
+        if facts.counts.signups >= u64::from(c.at_least) {
+            a.add("signup_velocity", c.weight);
+        }
     }
     if s.new_device {
         a.add("new_device", w.new_device);
     }
+    if let Some(geo) = &spec.geoip {
+        if w.country_changed != 0 || w.impossible_travel.is_some() {
+            geo_signals(&mut a, &geo.db, w, s, facts);
+        }
+    }
     a
+}
+
+/// `country_changed` and `impossible_travel`: where the session signed in against where
+/// the request comes from. Silent when either address is not in the database.
+fn geo_signals(
+    a: &mut Assessment,
+    db: &crate::geoip::GeoIp,
+    w: &crate::config::SignalWeights,
+    s: &Session,
+    facts: &Facts<'_>,
+) {
+    let then = s
+        .client_ip
+        .as_deref()
+        .and_then(|i| i.parse::<IpAddr>().ok());
+    let (Some(then), Some(now)) = (then, facts.client_ip) else {
+        return;
+    };
+    if network(then) == network(now) {
+        return;
+    }
+    let (Some(from), Some(to)) = (db.locate(then), db.locate(now)) else {
+        return;
+    };
+    if let (Some(c1), Some(c2)) = (from.country, to.country) {
+        if c1 != c2 {
+            a.add("country_changed", w.country_changed);
+        }
+    }
+    if let Some((weight, max_kmh)) = w.impossible_travel {
+        let km = crate::geoip::surely_apart_km(&from, &to);
+        if km > 0.0 {
+            // Hours since sign-in, at least a minute (two requests a second apart from
+            // two continents are still impossible, but not infinitely so).
+            let since_ms = (facts.now_s * 1000)
+                .saturating_sub(s.created_ms)
+                .max(60_000);
+            let kmh = km / (since_ms as f64 / 3_600_000.0);
+            if kmh > f64::from(max_kmh) {
+                a.add("impossible_travel", weight);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -166,6 +237,7 @@ mod tests {
                 network_allow: -30,
                 recent_failures: 25,
                 new_device: 30,
+                ..SignalWeights::default()
             },
             deny_networks: vec!["203.0.113.0/24".parse().unwrap()],
             allow_networks: vec!["10.0.0.0/8".parse().unwrap()],
@@ -187,7 +259,10 @@ mod tests {
             client_ip: Some(ip.parse().unwrap()),
             user_agent: Some(ua),
             now_s,
-            recent_failures: failures,
+            counts: AddressCounts {
+                failures,
+                ..AddressCounts::default()
+            },
         }
     }
 
@@ -284,6 +359,107 @@ mod tests {
         assert_eq!(a.top_signal(), "none");
     }
 
+    fn geo_spec() -> RiskSpec {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/geoip/test-city.mmdb");
+        RiskSpec {
+            weights: SignalWeights {
+                country_changed: 30,
+                impossible_travel: Some((60, 1000)),
+                ..SignalWeights::default()
+            },
+            geoip: Some(crate::config::GeoDb {
+                db: std::sync::Arc::new(crate::geoip::GeoIp::open(&path).unwrap()),
+                path,
+            }),
+            ..RiskSpec::default()
+        }
+    }
+
+    #[test]
+    fn a_session_seen_in_another_country_too_soon_to_have_flown_there_scores_both() {
+        // Signed in in London (192.0.2.0/24) at t = 1000 s.
+        let s = Session {
+            client_ip: Some("192.0.2.10".into()),
+            created_ms: 1_000_000,
+            ..Session::default()
+        };
+        let r = RouteRisk::default();
+        let at = |ip: &str, hours: f64| Facts {
+            client_ip: Some(ip.parse().unwrap()),
+            user_agent: None,
+            now_s: 1000 + (hours * 3600.0) as u64,
+            counts: AddressCounts::default(),
+        };
+        let spec = geo_spec();
+        // Sydney is ~17,000 km away: 10 hours later is 1,700 km/h, a day later 700 km/h.
+        assert_eq!(
+            assess(&spec, &r, &s, &at("198.51.100.7", 10.0)).explain(),
+            "country_changed=+30, impossible_travel=+60"
+        );
+        assert_eq!(
+            assess(&spec, &r, &s, &at("198.51.100.7", 24.0)).explain(),
+            "country_changed=+30"
+        );
+        // Manchester (~260 km, the same country) a minute later is too fast; an hour is not.
+        assert_eq!(
+            assess(&spec, &r, &s, &at("203.0.113.200", 0.0)).explain(),
+            "impossible_travel=+60"
+        );
+        assert_eq!(
+            assess(&spec, &r, &s, &at("203.0.113.200", 1.0)).explain(),
+            "no signal"
+        );
+        // Same network, or an address the database does not place: nothing to compare.
+        assert_eq!(assess(&spec, &r, &s, &at("192.0.2.99", 0.0)).score, 0);
+        assert_eq!(assess(&spec, &r, &s, &at("10.9.9.9", 0.0)).score, 0);
+        // Without the database the signals are absent.
+        let blind = RiskSpec {
+            geoip: None,
+            ..geo_spec()
+        };
+        assert_eq!(assess(&blind, &r, &s, &at("198.51.100.7", 0.0)).score, 0);
+    }
+
+    #[test]
+    fn address_counts_fire_at_their_thresholds() {
+        let c = |weight, at_least| {
+            Some(crate::config::CountSignal {
+                weight,
+                at_least,
+                window: std::time::Duration::from_secs(600),
+            })
+        };
+        let spec = RiskSpec {
+            weights: SignalWeights {
+                credential_stuffing: c(50, 10),
+                signup_velocity: c(20, 5),
+                ..SignalWeights::default()
+            },
+            ..RiskSpec::default()
+        };
+        assert!(spec.reads_address_counts());
+        let r = RouteRisk::default();
+        let with = |accounts, signups| Facts {
+            client_ip: None,
+            user_agent: None,
+            now_s: 0,
+            counts: AddressCounts {
+                failures: 0,
+                accounts,
+                signups,
+            },
+        };
+        let one = |f| assess(&spec, &r, &session(), &f).explain();
+        assert_eq!(one(with(9, 4)), "no signal");
+        assert_eq!(one(with(10, 4)), "credential_stuffing=+50");
+        assert_eq!(
+            one(with(11, 5)),
+            "credential_stuffing=+50, signup_velocity=+20"
+        );
+        assert!(!RiskSpec::default().reads_address_counts());
+    }
+
     #[test]
     fn ipv6_clients_move_when_they_leave_their_48() {
         let mut s = session();
@@ -293,7 +469,7 @@ mod tests {
             client_ip: Some("2001:db8:1:ff::9".parse().unwrap()),
             user_agent: None,
             now_s: 10_000,
-            recent_failures: 0,
+            counts: AddressCounts::default(),
         };
         assert_eq!(assess(&spec(), &r, &s, &same).score, 0);
         let moved = Facts {

@@ -662,3 +662,301 @@ async fn a_browser_is_a_new_device_until_it_has_signed_in_once() {
         2.0
     );
 }
+
+/// Signs in as `sub` from `ip` (a browser of its own).
+async fn signed_in_as(s: &IdpGateway, sub: &str, ip: &str) -> Browser {
+    s.idp.set_claim("sub", json!(sub));
+    signed_in(s, ip, FIREFOX).await
+}
+
+/// Many accounts signing in from one address within the window is the shape of
+/// credential stuffing: every session used from that address scores it, sessions
+/// elsewhere do not.
+#[tokio::test]
+async fn many_accounts_from_one_address_score_credential_stuffing() {
+    let s = gateway(&risk_yaml(
+        "enforce",
+        ", credential_stuffing: { weight: 50, accounts: 3, window: 10m }",
+    ))
+    .await;
+    let first = signed_in_as(&s, "victim-1", HOME).await;
+    signed_in_as(&s, "victim-2", HOME).await;
+    // Two accounts: below the pattern, /guarded (40) serves.
+    assert_served(&s, &first, "/guarded", HOME, FIREFOX).await;
+    // The same account again is not a new account.
+    let again = signed_in_as(&s, "victim-2", HOME).await;
+    assert_served(&s, &again, "/guarded", HOME, FIREFOX).await;
+    let third = signed_in_as(&s, "victim-3", HOME).await;
+    assert_denied(&s, &third, "/guarded", HOME, FIREFOX).await;
+    assert_denied(&s, &first, "/guarded", HOME, FIREFOX).await;
+    let e = &route_events(&s.gw, "guarded", 1).await[0];
+    assert_eq!(e["signals"], json!({ "credential_stuffing": 50 }), "{e}");
+    assert_eq!(
+        decisions(&s.gw, "guarded", "deny", "enforce", "credential_stuffing").await,
+        2.0
+    );
+    // Counted per address: a user signed in elsewhere is not affected.
+    let elsewhere = signed_in_as(&s, "someone", ELSEWHERE).await;
+    assert_served(&s, &elsewhere, "/guarded", ELSEWHERE, FIREFOX).await;
+}
+
+/// `journey=signup` sends the browser to the provider's registration (`prompt=create`);
+/// sign-ups started from one address are counted and, past the threshold, scored.
+#[tokio::test]
+async fn signup_journeys_ask_for_registration_and_their_rate_scores_signup_velocity() {
+    let s = gateway(&risk_yaml(
+        "enforce",
+        ", signup_velocity: { weight: 45, signups: 2, window: 1h }",
+    ))
+    .await;
+    let b = signed_in(&s, HOME, FIREFOX).await;
+    assert_served(&s, &b, "/guarded", HOME, FIREFOX).await;
+    for _ in 0..2 {
+        let page = Browser::new()
+            .get_with(
+                &s.gw.url("/.portcullis/login?journey=signup&rd=%2Faccount"),
+                &from(HOME, FIREFOX),
+            )
+            .await;
+        assert_eq!(page.status, 302, "{}", page.body);
+        let params = page.location_params();
+        assert!(
+            params.contains(&("prompt".into(), "create".into())),
+            "{params:?}"
+        );
+    }
+    let unknown = Browser::new()
+        .get_with(
+            &s.gw.url("/.portcullis/login?journey=recover"),
+            &from(HOME, FIREFOX),
+        )
+        .await;
+    assert_eq!(unknown.status, 400);
+    assert!(unknown.body.contains("journey-unknown"), "{}", unknown.body);
+    // An ordinary login does not ask for registration.
+    let plain = Browser::new()
+        .get_with(
+            &s.gw.url("/.portcullis/login?rd=%2Faccount"),
+            &from(HOME, FIREFOX),
+        )
+        .await;
+    assert!(
+        !plain.location_params().iter().any(|(k, _)| k == "prompt"),
+        "{:?}",
+        plain.location()
+    );
+
+    assert_denied(&s, &b, "/guarded", HOME, FIREFOX).await;
+    let e = &route_events(&s.gw, "guarded", 1).await[0];
+    assert_eq!(e["signals"], json!({ "signup_velocity": 45 }), "{e}");
+    assert_served(&s, &b, "/guarded", NEIGHBOUR, FIREFOX).await;
+}
+
+/// With `risk.geoip`, a session used from another country scores `country_changed`,
+/// and one used too far from where it signed in, too soon, `impossible_travel`. The
+/// test database places only documentation ranges: 192.0.2.0/24 in London,
+/// 198.51.100.0/24 in Sydney, 203.0.113.128/25 in Manchester.
+#[tokio::test]
+async fn a_session_used_from_another_country_scores_country_change_and_impossible_travel() {
+    let db = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/geoip/test-city.mmdb");
+    let s = gateway(&format!(
+        "risk:\n  geoip: \"{}\"\n  signals: {{ country_changed: 30, impossible_travel: {{ weight: 15, max_speed_kmh: 1000 }} }}\n",
+        db.display()
+    ))
+    .await;
+    const LONDON: &str = "192.0.2.5";
+    const SYDNEY: &str = "198.51.100.7";
+    const MANCHESTER: &str = "203.0.113.200";
+    let b = signed_in(&s, LONDON, FIREFOX).await;
+    assert_served(&s, &b, "/guarded", LONDON, FIREFOX).await;
+    // Manchester seconds after a London login: too fast, but the same country.
+    assert_served(&s, &b, "/guarded", MANCHESTER, FIREFOX).await;
+    assert_denied(&s, &b, "/strict", MANCHESTER, FIREFOX).await;
+    let e = &route_events(&s.gw, "strict", 1).await[0];
+    assert_eq!(e["signals"], json!({ "impossible_travel": 15 }), "{e}");
+    // Sydney: another country, and impossibly far.
+    assert_denied(&s, &b, "/guarded", SYDNEY, FIREFOX).await;
+    let e = &route_events(&s.gw, "guarded", 1).await[0];
+    assert_eq!(
+        e["signals"],
+        json!({ "country_changed": 30, "impossible_travel": 15 }),
+        "{e}"
+    );
+    assert_eq!(
+        decisions(&s.gw, "guarded", "deny", "enforce", "country_changed").await,
+        1.0
+    );
+    // An address the database does not place adds nothing.
+    assert_served(&s, &b, "/strict", ALLOWED_NET, FIREFOX).await;
+    // The sessions page says where each session signed in from.
+    let listed = b
+        .get_with(
+            &s.gw.url("/.portcullis/sessions"),
+            &[("Accept", "application/json"), ("X-Forwarded-For", LONDON)],
+        )
+        .await;
+    assert_eq!(listed.status, 200, "{}", listed.body);
+    assert_eq!(
+        listed.json()["sessions"][0]["location"],
+        "United Kingdom",
+        "{}",
+        listed.body
+    );
+    let html = b
+        .get_with(&s.gw.url("/.portcullis/sessions"), &from(LONDON, FIREFOX))
+        .await;
+    assert!(
+        html.body.contains("Signed in from</th>") && html.body.contains("<td>United Kingdom</td>"),
+        "{}",
+        html.body
+    );
+}
+
+/// The device cookie is signed: a browser presenting a made-up device id (or one whose
+/// signature does not match) is a new device and gets a fresh, signed cookie.
+#[tokio::test]
+async fn a_forged_device_cookie_is_refused_and_replaced() {
+    let s = gateway(&risk_yaml("enforce", ", new_device: 40")).await;
+    let a = signed_in(&s, HOME, FIREFOX).await;
+    let jar = a.cookie_header(&s.gw.url("/")).unwrap();
+    let (name, value) = jar
+        .split("; ")
+        .filter_map(|c| c.split_once('='))
+        .find(|(n, _)| n.ends_with("-device"))
+        .unwrap_or_else(|| panic!("a device cookie in {jar}"));
+    let (id, sig) = value.split_once('.').expect("<id>.<signature>");
+    assert_eq!(id.len(), 43, "{value}");
+    assert!(!sig.is_empty());
+
+    for forged in [
+        id.to_string(),
+        format!("{}.{sig}", "A".repeat(43)),
+        format!("{id}.{}", "B".repeat(sig.len())),
+    ] {
+        let c = Browser::new();
+        let url = url::Url::parse(&s.gw.url("/")).unwrap();
+        c.jar
+            .add_cookie_str(&format!("{name}={forged}; Path=/"), &url);
+        let h = from(HOME, FIREFOX);
+        let mut page = c
+            .get_with(&s.gw.url("/.portcullis/login?rd=%2Faccount"), &h)
+            .await;
+        let mut set = Vec::new();
+        for _ in 0..10 {
+            set.extend(page.set_cookies());
+            let Some(next) = page.is_redirect().then(|| page.location()).flatten() else {
+                break;
+            };
+            page = c.get_with(&next, &h).await;
+        }
+        assert_eq!(page.status, 200, "{}", page.body);
+        let fresh = set
+            .iter()
+            .find(|c| c.starts_with(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("a new device cookie for {forged}: {set:?}"));
+        assert!(!fresh.contains(&forged), "{fresh}");
+        assert_denied(&s, &c, "/guarded", HOME, FIREFOX).await;
+    }
+    // The genuine cookie, copied to another browser, is the known device it names.
+    let copy = Browser::new();
+    let url = url::Url::parse(&s.gw.url("/")).unwrap();
+    copy.jar
+        .add_cookie_str(&format!("{name}={value}; Path=/"), &url);
+    let h = from(HOME, FIREFOX);
+    let mut page = copy
+        .get_with(&s.gw.url("/.portcullis/login?rd=%2Faccount"), &h)
+        .await;
+    for _ in 0..10 {
+        let Some(next) = page.is_redirect().then(|| page.location()).flatten() else {
+            break;
+        };
+        page = copy.get_with(&next, &h).await;
+    }
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert_served(&s, &copy, "/guarded", HOME, FIREFOX).await;
+}
+
+/// `portcullis check` on a gateway.yaml with `extra`, in a directory with `files`.
+fn check(extra: &str, files: &[(&str, &[u8])]) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("policies")).unwrap();
+    std::fs::write(dir.path().join("cs"), "secret").unwrap();
+    for (name, body) in files {
+        std::fs::write(dir.path().join(name), body).unwrap();
+    }
+    std::fs::write(
+        dir.path().join("gateway.yaml"),
+        format!(
+            "listen: [{{ address: \"127.0.0.1:18080\" }}]\n\
+             public_url: \"https://shop.example.com\"\n\
+             providers:\n  - id: customers\n    issuer: https://login.example.com\n    client_id: shop\n    client_secret: {{ file: cs }}\n\
+             upstreams:\n  shop: {{ targets: [\"127.0.0.1:3000\"] }}\n{extra}"
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .arg("check")
+        .arg("--config")
+        .arg(dir.path().join("gateway.yaml"))
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout),
+    )
+}
+
+#[test]
+fn a_geoip_database_that_cannot_be_read_is_a_config_error_naming_it() {
+    let signals = "  signals: { country_changed: 30 }\n";
+    let (ok, out) = check(&format!("risk:\n  geoip: missing.mmdb\n{signals}"), &[]);
+    assert!(!ok);
+    assert!(
+        out.contains("gateway.yaml:")
+            && out.contains("risk.geoip:")
+            && out.contains("missing.mmdb"),
+        "{out}"
+    );
+    let (ok, out) = check(
+        &format!("risk:\n  geoip: junk.mmdb\n{signals}"),
+        &[("junk.mmdb", b"not a database")],
+    );
+    assert!(!ok);
+    assert!(
+        out.contains("risk.geoip:") && out.contains("junk.mmdb"),
+        "{out}"
+    );
+    let db = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/geoip/test-city.mmdb"),
+    )
+    .unwrap();
+    let (ok, out) = check(
+        &format!("risk:\n  geoip: city.mmdb\n{signals}"),
+        &[("city.mmdb", &db)],
+    );
+    assert!(
+        ok,
+        "a relative path is taken from gateway.yaml's directory: {out}"
+    );
+}
+
+#[test]
+fn new_device_on_redis_needs_the_keys_that_sign_its_cookie() {
+    let redis = "session:\n  store: { type: redis, url: \"redis://127.0.0.1:1\" }\n";
+    let risk = "risk:\n  signals: { new_device: 30 }\n";
+    let (ok, out) = check(&format!("{redis}{risk}"), &[]);
+    assert!(!ok);
+    assert!(
+        out.contains("risk.signals.new_device:") && out.contains("session.encryption_keys"),
+        "{out}"
+    );
+    let keyed = format!(
+        "session:\n  store: {{ type: redis, url: \"redis://127.0.0.1:1\" }}\n  encryption_keys: [{{ file: key }}]\n{risk}"
+    );
+    let (ok, out) = check(&keyed, &[("key", "ab".repeat(32).as_bytes())]);
+    assert!(ok, "{out}");
+    let (ok, out) = check(risk, &[]);
+    assert!(ok, "the memory store signs with its own key: {out}");
+}

@@ -140,6 +140,24 @@ async fn conformance(store: &dyn SessionStore, clock: &dyn Clock, advance: Advan
         .await
         .unwrap()
         .is_empty());
+    // several indexes counted at once (one round trip in Redis), live members only,
+    // missing indexes as 0, in the order asked
+    let (a, b) = ("reg:{addr}:accounts", "reg:{addr}:signups");
+    store.index_add(a, "x", now + 600).await.unwrap();
+    store.index_add(a, "y", now + 100).await.unwrap();
+    store.index_add(b, "z", now + 600).await.unwrap();
+    assert_eq!(
+        store
+            .index_counts(&[a, "reg:{addr}:none", b], now)
+            .await
+            .unwrap(),
+        [2, 0, 1]
+    );
+    assert_eq!(
+        store.index_counts(&[a, b], now + 100).await.unwrap(),
+        [1, 1],
+        "a member expiring now is not counted"
+    );
 
     // expiry
     let short = keys::session(&keys::sha256_hex(b"session-2"));

@@ -21,7 +21,7 @@ pub use auth::{
 pub use error::{ConfigError, ConfigErrors, Diagnostics};
 pub use limits::{KeyPart, LoginSpec, RateLimitSpec, RegulationSpec};
 pub use raw::ClaimValue;
-pub use risk::{RiskMode, RiskSpec, RouteRisk, SignalWeights};
+pub use risk::{CountSignal, GeoDb, RiskMode, RiskSpec, RouteRisk, SignalWeights};
 pub use secret::{Secret, SecretRef};
 
 use crate::headers::HeaderHygiene;
@@ -400,7 +400,17 @@ impl<'a> Builder<'a> {
         let rate_limits = self.rate_limits(&session);
         let login = self.login(&rate_limits);
         let audit = self.audit(base);
-        let risk = self.risk(login.regulation.is_some());
+        let mut geo_stamps = FileStamps::default();
+        let risk = self.risk(base, login.regulation.is_some(), &mut geo_stamps);
+        if risk.weights.new_device != 0
+            && session.encryption_keys.is_empty()
+            && !matches!(session.store, StoreSpec::Memory)
+        {
+            self.err(
+                "risk.signals.new_device",
+                "signs its device cookie with session.encryption_keys, which every gateway sharing the store needs (openssl rand -base64 32)",
+            );
+        }
         let assertion = self.assertion(base);
         if let Some(u) = &public_url {
             if !providers.is_empty() && !u.https && !is_loopback_host(&u.host) {
@@ -421,6 +431,7 @@ impl<'a> Builder<'a> {
         let mut stamps = FileStamps {
             entries: vec![(self.file.clone(), stamp)],
         };
+        stamps.entries.append(&mut geo_stamps.entries);
         let routes = load_policies(
             &policy_source,
             &self.file,

@@ -429,6 +429,9 @@ pub struct RawRisk {
     pub networks: RawRiskNetworks,
     #[serde(default)]
     pub signals: RawSignals,
+    /// A MaxMind City or Country database (path relative to `gateway.yaml`).
+    #[serde(default)]
+    pub geoip: Option<String>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -458,13 +461,41 @@ pub struct RawSignals {
     #[serde(default)]
     pub new_device: Option<i32>,
     #[serde(default)]
-    pub credential_stuffing: Option<IgnoredAny>,
+    pub credential_stuffing: Option<RawCredentialStuffing>,
     #[serde(default)]
-    pub signup_velocity: Option<IgnoredAny>,
+    pub signup_velocity: Option<RawSignupVelocity>,
     #[serde(default)]
-    pub country_changed: Option<IgnoredAny>,
+    pub country_changed: Option<i32>,
     #[serde(default)]
-    pub impossible_travel: Option<IgnoredAny>,
+    pub impossible_travel: Option<RawImpossibleTravel>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct RawCredentialStuffing {
+    pub weight: i32,
+    #[serde(default)]
+    pub accounts: Option<u32>,
+    #[serde(default)]
+    pub window: Option<String>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct RawSignupVelocity {
+    pub weight: i32,
+    #[serde(default)]
+    pub signups: Option<u32>,
+    #[serde(default)]
+    pub window: Option<String>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct RawImpossibleTravel {
+    pub weight: i32,
+    #[serde(default)]
+    pub max_speed_kmh: Option<u32>,
 }
 
 #[derive(Deserialize, Debug)]

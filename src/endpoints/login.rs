@@ -24,6 +24,7 @@ struct LoginParams {
     route: Option<String>,
     email: Option<String>,
     step_up: Option<String>,
+    journey: Option<String>,
 }
 
 impl LoginParams {
@@ -36,6 +37,7 @@ impl LoginParams {
                 "route" => &mut p.route,
                 "email" => &mut p.email,
                 "step_up" => &mut p.step_up,
+                "journey" => &mut p.journey,
                 _ => continue,
             };
             if slot.is_none() {
@@ -62,6 +64,12 @@ fn email_domain(email: &str) -> Option<String> {
 pub async fn login(session: &Session, ctx: &RequestCtx, query: &str) -> Outcome {
     let rt = &ctx.rt;
     let params = LoginParams::parse(query);
+    // `journey=signup` asks the provider for its registration page (`prompt=create`).
+    let signup = match params.journey.as_deref() {
+        None => false,
+        Some("signup") => true,
+        Some(_) => return error(400, "journey-unknown"),
+    };
     let return_to = flow::safe_return_path(params.rd.as_deref().unwrap_or("/"));
     // The providers that may satisfy the route the user was sent from, in its order;
     // without a (known) route, every provider with a client, in gateway.yaml's order.
@@ -227,6 +235,7 @@ pub async fn login(session: &Session, ctx: &RequestCtx, query: &str) -> Outcome 
             Err(_) => return error(503, "session-store-unavailable"),
         }
     }
+    note_address(ctx, hint, signup).await;
     if provider.discovered().is_none() {
         // Not yet discovered (a provider that just came up): one more try now, within
         // the same back-off as the background task.
@@ -246,6 +255,7 @@ pub async fn login(session: &Session, ctx: &RequestCtx, query: &str) -> Outcome 
         acr_values: acr_values.as_deref(),
         max_age: step.as_ref().and_then(|(st, _, _)| st.max_age),
         prompt_login: step.as_ref().is_some_and(|(_, _, prompt)| *prompt),
+        prompt_create: signup && step.is_none(),
         step_up: step.map(|(st, _, _)| st),
     };
     match flow::start(
@@ -279,6 +289,27 @@ pub async fn login(session: &Session, ctx: &RequestCtx, query: &str) -> Outcome 
         Err(f) => {
             rt.metrics.login_failed(provider.id(), f.reason);
             error(f.status, f.reason)
+        }
+    }
+}
+
+/// Counts, per client address, what the `credential_stuffing` and `signup_velocity`
+/// risk signals look for: the account a login names and sign-ups started. Best effort:
+/// a store outage loses a count, never the login.
+async fn note_address(ctx: &RequestCtx, account: Option<&str>, signup: bool) {
+    let rt = &ctx.rt;
+    let Some(ip) = ctx.client_ip else { return };
+    let w = &rt.config.risk.weights;
+    let now = rt.clock.now_ms();
+    let store = rt.store.as_ref();
+    if let (Some(c), Some(account)) = (w.credential_stuffing, account) {
+        if let Err(e) = regulation::note_account(store, ip, account, c.window, now).await {
+            log::warn!("risk: cannot count an account for credential stuffing: {e}");
+        }
+    }
+    if let (Some(c), true) = (w.signup_velocity, signup) {
+        if let Err(e) = regulation::note_signup(store, ip, c.window, now).await {
+            log::warn!("risk: cannot count a sign-up: {e}");
         }
     }
 }
@@ -352,6 +383,7 @@ pub async fn callback(session: &Session, ctx: &RequestCtx, query: &str) -> Outco
         .hint
         .clone()
         .unwrap_or_else(|| done.session.namespaced_user());
+    note_address(ctx, Some(&user), false).await;
     let fail =
         |reason: &'static str, status: u16| failed(ctx, &provider, reason, status, Some(&user));
     // The population decides the session's rules; with populations configured, a user
@@ -553,9 +585,10 @@ const DEVICE_LIFETIME: std::time::Duration = std::time::Duration::from_secs(400 
 
 /// With the `new_device` risk signal on: marks the session as from a new device when
 /// the browser's device cookie is not among the user's known devices (kept in the
-/// store, `u:{<user>}:devices`), and remembers it. Returns a device id to set as a
-/// cookie when the browser had none. The id is 256 random bits; the store holds only
-/// its hash.
+/// store, `u:{<user>}:devices`), and remembers it. Returns a device cookie value to set
+/// when the browser had no valid one. The cookie is 256 random bits signed with the
+/// session keys (`<id>.<HMAC>`), so a made-up or altered cookie is refused before the
+/// store is asked and the browser gets a new one; the store holds only the id's hash.
 async fn note_device(
     rt: &Runtime,
     headers: &http::HeaderMap,
@@ -565,15 +598,22 @@ async fn note_device(
     if rt.config.risk.weights.new_device == 0 {
         return None;
     }
+    // Config requires keys for this signal with Redis; the memory store has its own.
+    let Some(sealer) = rt.sealer.as_deref() else {
+        s.new_device = true;
+        return None;
+    };
     let spec = &rt.config.session;
     let presented = cookies::find(headers, &spec.device_cookie_name)
+        .and_then(|v| sealer.verify(v, DEVICE_CONTEXT))
         .filter(|v| flow::is_token_shaped(v))
         .map(str::to_string);
     let (device, new_cookie) = match presented {
         Some(d) => (d, None),
         None => {
             let d = flow::random_token();
-            (d.clone(), Some(d))
+            let signed = sealer.sign(&d, DEVICE_CONTEXT);
+            (d, Some(signed))
         }
     };
     let hash = crate::session::keys::sha256_hex(device.as_bytes());
@@ -590,6 +630,9 @@ async fn note_device(
     }
     new_cookie
 }
+
+/// What device cookies are signed for (no other signed value can pass as one).
+const DEVICE_CONTEXT: &str = "device-cookie";
 
 /// A login that failed at the callback: counted, logged, and regulated (4xx failures
 /// count against the client's address; the user's own against their account too).

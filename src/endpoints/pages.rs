@@ -147,18 +147,21 @@ pub fn too_many_attempts(wait: std::time::Duration) -> Outcome {
 pub struct SessionRow {
     pub handle: String,
     pub device: String,
+    /// Where the session signed in from (country), when `risk.geoip` is configured.
+    pub location: Option<String>,
     pub created: String,
     pub last_seen: String,
     pub current: bool,
 }
 
 /// The signed-in user's sessions, each with a button to end it.
-pub fn sessions(rows: &[SessionRow], csrf: &str) -> Outcome {
+pub fn sessions(rows: &[SessionRow], csrf: &str, located: bool) -> Outcome {
     let csrf = esc(csrf);
-    let mut body = String::from(
+    let mut body = format!(
         "<h1>Your sessions</h1><p class=\"note\">Devices and browsers signed in to your account. \
-         End any you do not recognise.</p><table><thead><tr><th scope=\"col\">Device</th>\
+         End any you do not recognise.</p><table><thead><tr><th scope=\"col\">Device</th>{}\
          <th scope=\"col\">Signed in</th><th scope=\"col\">Last active</th><th scope=\"col\"><span class=\"note\">Action</span></th></tr></thead><tbody>",
+        if located { "<th scope=\"col\">Signed in from</th>" } else { "" }
     );
     for r in rows {
         let label = if r.current {
@@ -166,8 +169,16 @@ pub fn sessions(rows: &[SessionRow], csrf: &str) -> Outcome {
         } else {
             esc(&r.device)
         };
+        let location = if located {
+            format!(
+                "<td>{}</td>",
+                esc(r.location.as_deref().unwrap_or("Unknown"))
+            )
+        } else {
+            String::new()
+        };
         body.push_str(&format!(
-            "<tr><td>{label}</td><td>{}</td><td>{}</td><td>\
+            "<tr><td>{label}</td>{location}<td>{}</td><td>{}</td><td>\
              <form method=\"post\" action=\"{PREFIX}sessions\">\
              <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
              <input type=\"hidden\" name=\"action\" value=\"end\">\

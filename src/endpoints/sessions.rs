@@ -34,6 +34,11 @@ pub async fn list(session: &Session, rt: &Runtime) -> Outcome {
         Err(_) => return error(503, "session-store-unavailable"),
     };
     let mine = id.hash();
+    let geo = rt.config.risk.geoip.as_ref();
+    let location = |s: &crate::session::Session| {
+        let ip = s.client_ip.as_deref()?.parse().ok()?;
+        geo?.db.country_name(ip)
+    };
     if wants_json(session) {
         let items: Vec<serde_json::Value> = listed
             .iter()
@@ -41,6 +46,7 @@ pub async fn list(session: &Session, rt: &Runtime) -> Outcome {
                 serde_json::json!({
                     "id": handle(hash),
                     "device": pages::device_summary(s.user_agent.as_deref()),
+                    "location": location(s),
                     "created": pages::time(s.created_ms),
                     "last_seen": pages::time(s.last_seen_ms),
                     "current": *hash == mine,
@@ -57,12 +63,13 @@ pub async fn list(session: &Session, rt: &Runtime) -> Outcome {
         .map(|(hash, s)| SessionRow {
             handle: handle(hash),
             device: pages::device_summary(s.user_agent.as_deref()),
+            location: location(s),
             created: pages::time(s.created_ms),
             last_seen: pages::time(s.last_seen_ms),
             current: *hash == mine,
         })
         .collect();
-    pages::sessions(&rows, &me.csrf)
+    pages::sessions(&rows, &me.csrf, geo.is_some())
 }
 
 /// POST `action=end&session=<id>` or `action=end-others`, with the session's

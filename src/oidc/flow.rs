@@ -90,6 +90,8 @@ pub struct StartOptions<'a> {
     pub max_age: Option<u64>,
     /// Send `prompt=login`.
     pub prompt_login: bool,
+    /// Send `prompt=create` (a sign-up journey, OpenID Connect Prompt Create 1.0).
+    pub prompt_create: bool,
     /// This login is a step-up of an existing session.
     pub step_up: Option<StepUpState>,
 }
@@ -188,6 +190,8 @@ pub async fn start(
     }
     if options.prompt_login {
         req = req.add_extra_param("prompt", "login");
+    } else if options.prompt_create {
+        req = req.add_extra_param("prompt", "create");
     }
     let (url, state, nonce) = req.url();
     let record = LoginState {

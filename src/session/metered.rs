@@ -81,6 +81,9 @@ impl SessionStore for Metered {
     async fn index_count(&self, key: &str, now_ms: u64) -> Result<u64, StoreError> {
         self.note("index", self.inner.index_count(key, now_ms).await)
     }
+    async fn index_counts(&self, keys: &[&str], now_ms: u64) -> Result<Vec<u64>, StoreError> {
+        self.note("index", self.inner.index_counts(keys, now_ms).await)
+    }
     async fn gcra(
         &self,
         key: &str,

@@ -229,6 +229,16 @@ impl SessionStore for RedisStore {
         Ok(n)
     }
 
+    async fn index_counts(&self, keys: &[&str], now_ms: u64) -> Result<Vec<u64>, StoreError> {
+        let mut c = self.conn().await?;
+        let mut pipe = redis::pipe();
+        for k in keys {
+            // Members expiring after now: the live ones (the bounds exclude `now_ms`).
+            pipe.zcount(self.key(k), format!("({now_ms}"), "+inf");
+        }
+        pipe.query_async(&mut c).await.map_err(unavailable)
+    }
+
     async fn gcra(
         &self,
         key: &str,

@@ -9,12 +9,16 @@
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
+use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
 
 /// One key, with the fingerprint that names it in sealed values.
 pub struct SealingKey {
     id: String,
     key: LessSafeKey,
+    /// For values the gateway signs rather than seals (the device cookie), derived from
+    /// the same secret under its own label so the two uses never share a key.
+    mac: hmac::Key,
 }
 
 impl std::fmt::Debug for SealingKey {
@@ -60,7 +64,12 @@ impl SealingKey {
     fn from_bytes(b: &[u8]) -> SealingKey {
         let id = super::keys::sha256_hex(b)[..8].to_string();
         let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, b).expect("32-byte key"));
-        SealingKey { id, key }
+        let derived = hmac::sign(
+            &hmac::Key::new(hmac::HMAC_SHA256, b),
+            b"portcullis signed values v1",
+        );
+        let mac = hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref());
+        SealingKey { id, key, mac }
     }
 }
 
@@ -100,6 +109,33 @@ impl Sealer {
         let mut out = nonce.to_vec();
         out.extend_from_slice(&buf);
         Some(format!("v1.{}.{}", k.id, URL_SAFE_NO_PAD.encode(out)))
+    }
+
+    /// `<value>.<base64url(HMAC-SHA256)>` with the first key: a value anyone may read but
+    /// only the gateway can have issued, for `context`.
+    pub fn sign(&self, value: &str, context: &str) -> String {
+        let tag = hmac::sign(&self.keys[0].mac, &Self::signed_input(value, context));
+        format!("{value}.{}", URL_SAFE_NO_PAD.encode(tag.as_ref()))
+    }
+
+    /// The value of `signed`, when one of our keys signed it for `context`.
+    pub fn verify<'a>(&self, signed: &'a str, context: &str) -> Option<&'a str> {
+        let (value, tag) = signed.rsplit_once('.')?;
+        let tag = URL_SAFE_NO_PAD.decode(tag).ok()?;
+        let input = Self::signed_input(value, context);
+        self.keys
+            .iter()
+            .any(|k| hmac::verify(&k.mac, &input, &tag).is_ok())
+            .then_some(value)
+    }
+
+    fn signed_input(value: &str, context: &str) -> Vec<u8> {
+        // Length-prefixed, so no (value, context) pair reads as another.
+        let mut m = Vec::with_capacity(8 + value.len() + context.len());
+        m.extend_from_slice(&(context.len() as u64).to_be_bytes());
+        m.extend_from_slice(context.as_bytes());
+        m.extend_from_slice(value.as_bytes());
+        m
     }
 
     /// The plaintext, when `sealed` was sealed by one of our keys for `context`.
@@ -159,6 +195,32 @@ mod tests {
         let sealed_new = rotated.seal("t", "c").unwrap();
         assert_eq!(old.open(&sealed_new, "c"), None, "sealed with the new key");
         assert_ne!(old.fingerprint, rotated.fingerprint);
+    }
+
+    #[test]
+    fn signed_values_verify_only_with_a_listed_key_and_the_same_context() {
+        let s = Sealer::new(vec![key(1)]).unwrap();
+        let signed = s.sign("device-id", "device");
+        assert!(signed.starts_with("device-id."));
+        assert_eq!(s.verify(&signed, "device"), Some("device-id"));
+        assert_eq!(s.verify(&signed, "other"), None, "bound to the context");
+        assert_eq!(
+            Sealer::new(vec![key(2)]).unwrap().verify(&signed, "device"),
+            None
+        );
+        let rotated = Sealer::new(vec![key(2), key(1)]).unwrap();
+        assert_eq!(rotated.verify(&signed, "device"), Some("device-id"));
+        assert_eq!(s.verify("device-id", "device"), None, "no signature");
+        let forged = format!("other-id.{}", signed.rsplit_once('.').unwrap().1);
+        assert_eq!(
+            s.verify(&forged, "device"),
+            None,
+            "signature of another value"
+        );
+        let mut tampered = signed.clone();
+        tampered.pop();
+        tampered.push(if signed.ends_with('A') { 'B' } else { 'A' });
+        assert_eq!(s.verify(&tampered, "device"), None);
     }
 
     #[test]

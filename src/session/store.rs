@@ -73,6 +73,16 @@ pub trait SessionStore: Send + Sync + 'static {
     /// How many members are not yet expired at `now_ms`; expired ones are pruned.
     async fn index_count(&self, key: &str, now_ms: u64) -> Result<u64, StoreError>;
 
+    /// [`Self::index_count`] of several indexes in one round trip, without pruning.
+    /// The keys should share a hash tag (one Redis Cluster slot).
+    async fn index_counts(&self, keys: &[&str], now_ms: u64) -> Result<Vec<u64>, StoreError> {
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            out.push(self.index_count(k, now_ms).await?);
+        }
+        Ok(out)
+    }
+
     /// One step of GCRA rate limiting on `key`: a budget of `burst` requests, one more
     /// earned every `period`. `Ok(Err(wait))` when over the budget: allowed again after
     /// `wait`. Atomic across every gateway sharing the store.
