@@ -26,20 +26,26 @@ pub struct Metrics {
     upstream_healthy: IntGaugeVec,
     config_reloads: IntCounterVec,
     config_last_success: IntGauge,
+    journey_steps: IntCounterVec,
     identity: IdentityMetrics,
 }
 
 /// Login, session, provider and store metrics.
 struct IdentityMetrics {
-    logins_started: IntCounterVec,
-    logins_completed: IntCounterVec,
+    login_started: IntCounterVec,
+    login_sent: IntCounterVec,
+    login_callbacks: IntCounterVec,
+    login_completed: IntCounterVec,
     login_failures: IntCounterVec,
+    login_abandoned: IntCounterVec,
     login_duration: HistogramVec,
     auth_refusals: IntCounterVec,
     store_errors: IntCounterVec,
     store_up: IntGauge,
     provider_up: IntGaugeVec,
     provider_errors: IntCounterVec,
+    provider_duration: HistogramVec,
+    store_duration: HistogramVec,
     jwks_fetches: IntCounterVec,
     sessions_created: IntCounterVec,
     sessions_ended: IntCounterVec,
@@ -65,6 +71,8 @@ fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
 pub struct RouteMetrics {
     by_class: [IntCounter; 5],
     duration: Histogram,
+    /// The route's journey step, by status class.
+    journey: Option<[IntCounter; 5]>,
 }
 
 impl RouteMetrics {
@@ -73,8 +81,13 @@ impl RouteMetrics {
         let class = (status / 100).clamp(1, 5) as usize - 1;
         self.by_class[class].inc();
         self.duration.observe(seconds);
+        if let Some(j) = &self.journey {
+            j[class].inc();
+        }
     }
 }
+
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 fn must<T>(r: prometheus::Result<T>) -> T {
     // Metric definitions are constants; a failure here is a programming error caught by
@@ -132,29 +145,49 @@ impl Metrics {
             "portcullis_config_last_reload_success_timestamp_seconds",
             "Unix time of the last successful configuration load.",
         ));
+        let journey_steps = counter(
+            "portcullis_journey_steps_total",
+            "Requests to routes that are a step of a named journey (journey: { name, step } in a policy), by journey, step and status class.",
+            &["journey", "step", "status_class"],
+        );
         let identity = IdentityMetrics {
-            logins_started: counter(
-                "portcullis_logins_started_total",
-                "Logins started (browsers sent to a provider), by provider.",
-                &["provider"],
+            login_started: counter(
+                "portcullis_login_started_total",
+                "Login journeys begun at /.portcullis/login (a chooser's answer is not a new one), by journey (login, signup, step-up).",
+                &["journey"],
             ),
-            logins_completed: counter(
-                "portcullis_logins_completed_total",
-                "Logins that created a session, by provider.",
-                &["provider"],
+            login_sent: counter(
+                "portcullis_login_sent_total",
+                "Browsers sent to a provider to authenticate, by journey and provider.",
+                &["journey", "provider"],
+            ),
+            login_callbacks: counter(
+                "portcullis_login_callbacks_total",
+                "Callbacks received from a provider, by journey and provider (both \"unknown\" when the callback matches no pending login).",
+                &["journey", "provider"],
+            ),
+            login_completed: counter(
+                "portcullis_login_completed_total",
+                "Logins that created (or, for step-up, elevated) a session, by journey and provider.",
+                &["journey", "provider"],
             ),
             login_failures: counter(
                 "portcullis_login_failures_total",
-                "Logins that failed (at start or at the callback) and created no session, by provider and reason code.",
-                &["provider", "reason"],
+                "Logins that failed (at start or at the callback) and created no session, by journey, provider and reason code.",
+                &["journey", "provider", "reason"],
+            ),
+            login_abandoned: counter(
+                "portcullis_login_abandoned_total",
+                "Logins whose callback never came before they timed out (session.login_timeout), counted when they time out, by journey and provider.",
+                &["journey", "provider"],
             ),
             login_duration: must(HistogramVec::new(
                 HistogramOpts::new(
                     "portcullis_login_duration_seconds",
-                    "Time from login start to session, by provider.",
+                    "Time from sending the browser to the provider to the session, by journey and provider.",
                 )
                 .buckets(vec![1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0]),
-                &["provider"],
+                &["journey", "provider"],
             )),
             auth_refusals: counter(
                 "portcullis_auth_refusals_total",
@@ -182,6 +215,22 @@ impl Metrics {
                 "Failed requests to a provider, by provider, operation and kind.",
                 &["provider", "operation", "kind"],
             ),
+            provider_duration: must(HistogramVec::new(
+                HistogramOpts::new(
+                    "portcullis_provider_request_duration_seconds",
+                    "Time of requests to a provider, by provider and operation (discovery, jwks, token, refresh, userinfo).",
+                )
+                .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+                &["provider", "operation"],
+            )),
+            store_duration: must(HistogramVec::new(
+                HistogramOpts::new(
+                    "portcullis_session_store_duration_seconds",
+                    "Time of session store operations, by operation.",
+                )
+                .buckets(vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0]),
+                &["operation"],
+            )),
             jwks_fetches: counter(
                 "portcullis_jwks_fetches_total",
                 "Fetches of a provider's signing keys, by provider and result.",
@@ -248,9 +297,12 @@ impl Metrics {
         };
         identity.store_up.set(1);
         for c in [
-            Box::new(identity.logins_started.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(identity.logins_completed.clone()),
+            Box::new(identity.login_started.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(identity.login_sent.clone()),
+            Box::new(identity.login_callbacks.clone()),
+            Box::new(identity.login_completed.clone()),
             Box::new(identity.login_failures.clone()),
+            Box::new(identity.login_abandoned.clone()),
             Box::new(identity.login_duration.clone()),
             Box::new(identity.auth_refusals.clone()),
             Box::new(identity.store_errors.clone()),
@@ -258,6 +310,8 @@ impl Metrics {
             Box::new(identity.provider_up.clone()),
             Box::new(identity.provider_errors.clone()),
             Box::new(identity.jwks_fetches.clone()),
+            Box::new(identity.provider_duration.clone()),
+            Box::new(identity.store_duration.clone()),
             Box::new(identity.sessions_created.clone()),
             Box::new(identity.sessions_ended.clone()),
             Box::new(identity.sessions_active.clone()),
@@ -281,6 +335,7 @@ impl Metrics {
             Box::new(upstream_healthy.clone()),
             Box::new(config_reloads.clone()),
             Box::new(config_last_success.clone()),
+            Box::new(journey_steps.clone()),
         ] {
             must(registry.register(c));
         }
@@ -296,36 +351,61 @@ impl Metrics {
             upstream_healthy,
             config_reloads,
             config_last_success,
+            journey_steps,
             identity,
         }
     }
 
-    /// A browser was sent to `provider` to log in.
-    pub fn login_started(&self, provider: &str) {
+    /// A login journey began at the login endpoint.
+    pub fn login_started(&self, journey: &'static str) {
         self.identity
-            .logins_started
-            .with_label_values(&[provider])
+            .login_started
+            .with_label_values(&[journey])
             .inc();
     }
 
-    /// A login created a session, `seconds` after it started.
-    pub fn login_completed(&self, provider: &str, seconds: f64) {
+    /// A browser was sent to `provider` to authenticate.
+    pub fn login_sent(&self, journey: &'static str, provider: &str) {
         self.identity
-            .logins_completed
-            .with_label_values(&[provider])
+            .login_sent
+            .with_label_values(&[journey, provider])
+            .inc();
+    }
+
+    /// A callback arrived (`unknown` for both when it matched no pending login).
+    pub fn login_callback(&self, journey: &'static str, provider: &str) {
+        self.identity
+            .login_callbacks
+            .with_label_values(&[journey, provider])
+            .inc();
+    }
+
+    /// A login created or elevated a session, `seconds` after the browser was sent.
+    pub fn login_completed(&self, journey: &'static str, provider: &str, seconds: f64) {
+        self.identity
+            .login_completed
+            .with_label_values(&[journey, provider])
             .inc();
         self.identity
             .login_duration
-            .with_label_values(&[provider])
+            .with_label_values(&[journey, provider])
             .observe(seconds);
     }
 
-    /// A callback (or login start) that created no session. `provider` is `unknown`
+    /// A login (start or callback) that created no session. `provider` is `unknown`
     /// when the callback could not be tied to a login.
-    pub fn login_failed(&self, provider: &str, reason: &'static str) {
+    pub fn login_failed(&self, journey: &'static str, provider: &str, reason: &'static str) {
         self.identity
             .login_failures
-            .with_label_values(&[provider, reason])
+            .with_label_values(&[journey, provider, reason])
+            .inc();
+    }
+
+    /// A login timed out with no callback.
+    pub fn login_abandoned(&self, journey: &'static str, provider: &str) {
+        self.identity
+            .login_abandoned
+            .with_label_values(&[journey, provider])
             .inc();
     }
 
@@ -353,6 +433,22 @@ impl Metrics {
             .provider_up
             .with_label_values(&[provider])
             .set(up as i64);
+    }
+
+    /// A request to a provider took `seconds`.
+    pub fn provider_request(&self, provider: &str, operation: &'static str, seconds: f64) {
+        self.identity
+            .provider_duration
+            .with_label_values(&[provider, operation])
+            .observe(seconds);
+    }
+
+    /// A session store operation took `seconds`.
+    pub fn store_duration(&self, operation: &'static str, seconds: f64) {
+        self.identity
+            .store_duration
+            .with_label_values(&[operation])
+            .observe(seconds);
     }
 
     pub fn provider_error(&self, provider: &str, operation: &'static str, kind: &'static str) {
@@ -430,7 +526,8 @@ impl Metrics {
         self.step_up(route, "challenged", reason);
     }
 
-    /// A step-up's outcome at the callback: `completed` or `failed` with a reason.
+    /// A step-up's outcome: `completed` or `failed` at the callback, or `abandoned`
+    /// (reason `timed-out`) when its callback never came.
     pub fn step_up(&self, route: &str, outcome: &'static str, reason: &'static str) {
         self.identity
             .step_ups
@@ -462,17 +559,16 @@ impl Metrics {
     }
 
     /// Handles for one route's request counters and latency histogram.
-    pub fn route(&self, route: &str) -> RouteMetrics {
-        let class = |c: &str| self.requests.with_label_values(&[route, c]);
+    pub fn route(&self, route: &str, journey: Option<&crate::config::JourneyStep>) -> RouteMetrics {
         RouteMetrics {
-            by_class: [
-                class("1xx"),
-                class("2xx"),
-                class("3xx"),
-                class("4xx"),
-                class("5xx"),
-            ],
+            by_class: STATUS_CLASSES.map(|c| self.requests.with_label_values(&[route, c])),
             duration: self.duration.with_label_values(&[route]),
+            journey: journey.map(|j| {
+                STATUS_CLASSES.map(|c| {
+                    self.journey_steps
+                        .with_label_values(&[j.name.as_str(), j.step.as_str(), c])
+                })
+            }),
         }
     }
 
@@ -543,7 +639,7 @@ mod tests {
     #[test]
     fn route_handles_count_by_status_class() {
         let m = Metrics::new();
-        let r = m.route("shop");
+        let r = m.route("shop", None);
         r.record(200, 0.01);
         r.record(404, 0.01);
         r.record(503, 0.5);

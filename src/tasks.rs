@@ -1,5 +1,5 @@
 //! Background work of a running gateway: upstream health checks, provider discovery
-//! and key refresh, the session count, reload on `SIGHUP`, and (when `watch_config` is on) reload when a
+//! and key refresh, the session count, abandoned logins, reload on `SIGHUP`, and (when `watch_config` is on) reload when a
 //! config file changes.
 
 use crate::config::FileStamps;
@@ -26,6 +26,7 @@ impl BackgroundService for GatewayTasks {
         spawn_sighup_reloader(self.gateway.clone());
         spawn_provider_refresher(self.gateway.clone());
         spawn_session_counter(self.gateway.clone());
+        spawn_abandoned_counter(self.gateway.clone());
         let mut last_check: HashMap<String, Instant> = HashMap::new();
         let mut failed: Option<FileStamps> = None;
         let mut last_watch = Instant::now();
@@ -117,6 +118,23 @@ fn spawn_session_counter(gateway: Arc<Gateway>) {
             // Local limiters forget keys whose budget is full again.
             for l in rt.limits.values() {
                 l.prune();
+            }
+        }
+    });
+}
+
+/// How often timed-out logins are counted as abandoned.
+const COUNT_ABANDONED_EVERY: Duration = Duration::from_secs(5);
+
+/// Counts logins that timed out with no callback (`portcullis_login_abandoned_total`).
+fn spawn_abandoned_counter(gateway: Arc<Gateway>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(COUNT_ABANDONED_EVERY);
+        loop {
+            tick.tick().await;
+            let rt = gateway.snapshot();
+            if let Err(e) = crate::endpoints::count_abandoned(&rt).await {
+                log::debug!("cannot count abandoned logins now: {e}");
             }
         }
     });

@@ -396,13 +396,18 @@ async fn a_route_with_two_providers_offers_a_chooser_whose_button_signs_in_there
     assert_eq!(seen.header("x-user"), Some("partners:alice"));
     assert_eq!(seen.header("x-provider"), Some("partners"));
     assert_eq!(seen.header("x-sub"), Some("alice"));
-    let completed = "portcullis_logins_completed_total";
+    let completed = "portcullis_login_completed_total";
     assert_eq!(
-        s.metric(completed, &[("provider", "partners")]).await,
+        s.metric(completed, &[("journey", "login"), ("provider", "partners")])
+            .await,
         Some(1.0)
     );
     assert_eq!(
-        s.metric(completed, &[("provider", "customers")]).await,
+        s.metric(
+            completed,
+            &[("journey", "login"), ("provider", "customers")]
+        )
+        .await,
         None
     );
 }

@@ -156,7 +156,7 @@ async fn alice_logs_in_and_the_app_receives_her_identity() {
     // The session lives on: the next request needs no login.
     assert_eq!(b.get(&s.gw.url("/staff")).await.status, 200);
     assert_eq!(
-        s.gw.metric("portcullis_logins_completed_total{provider=\"op\"}")
+        s.gw.metric("portcullis_login_completed_total{journey=\"login\",provider=\"op\"}")
             .await,
         Some(1.0)
     );

@@ -463,7 +463,11 @@ async fn without_regulation_no_login_is_held() {
         series_value(
             &text,
             "portcullis_login_failures_total",
-            &[("provider", "idp"), ("reason", "access-denied")]
+            &[
+                ("journey", "login"),
+                ("provider", "idp"),
+                ("reason", "access-denied")
+            ]
         ),
         Some(8.0),
         "the failures were seen"

@@ -604,7 +604,11 @@ async fn a_user_in_no_population_gets_no_session() {
     assert_eq!(
         s.metric(
             "portcullis_login_failures_total",
-            &[("provider", "idp"), ("reason", "population-unmatched")]
+            &[
+                ("journey", "login"),
+                ("provider", "idp"),
+                ("reason", "population-unmatched")
+            ]
         )
         .await,
         2.0
@@ -639,7 +643,11 @@ async fn a_population_with_a_minimum_acr_asks_for_it_and_refuses_less() {
     assert_eq!(
         s.metric(
             "portcullis_login_failures_total",
-            &[("provider", "acme"), ("reason", "acr-insufficient")]
+            &[
+                ("journey", "login"),
+                ("provider", "acme"),
+                ("reason", "acr-insufficient")
+            ]
         )
         .await,
         1.0

@@ -421,8 +421,8 @@ async fn login_endpoints_answer_429_after_the_login_budget_before_any_state_is_s
     assert_eq!(
         counter(
             &s.gw,
-            "portcullis_logins_started_total",
-            &[("provider", "idp")]
+            "portcullis_login_sent_total",
+            &[("journey", "login"), ("provider", "idp")]
         )
         .await,
         2.0

@@ -159,6 +159,31 @@ async fn conformance(store: &dyn SessionStore, clock: &dyn Clock, advance: Advan
         "a member expiring now is not counted"
     );
 
+    // the due queue: members stay past their time until taken, oldest first, once
+    let q = "login:pending";
+    store.queue_add(q, "late", now + 500).await.unwrap();
+    store.queue_add(q, "early", now + 100).await.unwrap();
+    store.queue_add(q, "gone", now + 50).await.unwrap();
+    store.queue_add(q, "mid", now + 300).await.unwrap();
+    assert!(store.queue_remove(q, "gone").await.unwrap());
+    assert!(!store.queue_remove(q, "gone").await.unwrap());
+    assert!(store.queue_take_due(q, now, 10).await.unwrap().is_empty());
+    assert_eq!(
+        store.queue_take_due(q, now + 400, 1).await.unwrap(),
+        ["early"],
+        "at most the limit, the earliest first"
+    );
+    assert_eq!(
+        store.queue_take_due(q, now + 10_000, 10).await.unwrap(),
+        ["mid", "late"],
+        "long past their time, still there to take"
+    );
+    assert!(store
+        .queue_take_due(q, now + 10_000, 10)
+        .await
+        .unwrap()
+        .is_empty());
+
     // expiry
     let short = keys::session(&keys::sha256_hex(b"session-2"));
     store.put(&short, b"x", ttl).await.unwrap();

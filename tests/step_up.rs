@@ -362,7 +362,11 @@ async fn a_step_up_answered_at_the_lower_level_is_refused_and_the_session_kept()
         metric(
             &s.gw,
             "portcullis_login_failures_total",
-            &[("provider", "idp"), ("reason", "step-up-acr-insufficient")]
+            &[
+                ("journey", "step-up"),
+                ("provider", "idp"),
+                ("reason", "step-up-acr-insufficient")
+            ]
         )
         .await,
         1.0

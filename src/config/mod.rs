@@ -166,6 +166,15 @@ pub struct RouteSpec {
     pub identity: RouteAuth,
     /// Names of the limits applied to the route's requests.
     pub rate_limits: Vec<String>,
+    /// The named journey and step this route is (`journey: { name, step }`).
+    pub journey: Option<JourneyStep>,
+}
+
+/// A step of a named journey, counted per request by outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JourneyStep {
+    pub name: String,
+    pub step: String,
 }
 
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -1196,11 +1205,23 @@ impl Builder<'_> {
             path,
             defs,
         );
-        self.refuse_present(
-            path,
-            &[(journey.is_some(), "journey")],
-            "is not available in this version yet",
-        );
+        let journey = journey.and_then(|j| {
+            let step = match j.step {
+                RawStep::Number(n) => n.to_string(),
+                RawStep::Name(s) => s,
+            };
+            let mut ok = true;
+            for (what, v) in [("name", &j.name), ("step", &step)] {
+                if !valid_name(v) {
+                    ok = false;
+                    self.err(
+                        &format!("{path}.journey.{what}"),
+                        format!("{v:?}: journey names and steps use lower-case letters, digits, '-' and '_' (they become metric labels)"),
+                    );
+                }
+            }
+            ok.then_some(JourneyStep { name: j.name, step })
+        });
 
         let rate_limits = self.route_limits(rate_limits, auth, path, defs.rate_limits);
         let matcher = self.matcher(raw_matcher, &format!("{path}.match"), case_insensitive);
@@ -1243,6 +1264,7 @@ impl Builder<'_> {
             upstream,
             identity,
             rate_limits,
+            journey,
         })
     }
 

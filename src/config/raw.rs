@@ -122,7 +122,7 @@ pub struct RawRoute {
     #[serde(default)]
     pub rate_limits: Option<Vec<String>>,
     #[serde(default)]
-    pub journey: Option<IgnoredAny>,
+    pub journey: Option<RawJourney>,
     #[serde(default)]
     pub population: Option<OneOrMany>,
     #[serde(default)]
@@ -468,6 +468,21 @@ pub struct RawSignals {
     pub country_changed: Option<i32>,
     #[serde(default)]
     pub impossible_travel: Option<RawImpossibleTravel>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct RawJourney {
+    pub name: String,
+    pub step: RawStep,
+}
+
+/// A journey step: a name or a number.
+#[derive(Deserialize, Debug)]
+#[serde(untagged)]
+pub enum RawStep {
+    Number(u32),
+    Name(String),
 }
 
 #[derive(Deserialize, Debug)]

@@ -4,7 +4,7 @@ use super::pages::{self, Choice};
 use super::{error, redirect, Outcome};
 use crate::config::{AuthMode, ProviderSpec};
 use crate::cookies;
-use crate::oidc::flow::{self, CallbackParams, StartOptions, StepUpState};
+use crate::oidc::flow::{self, CallbackParams, Journey, StartOptions, StepUpState};
 use crate::policy;
 use crate::proxy::RequestCtx;
 use crate::regulation::{self, Subject};
@@ -12,6 +12,9 @@ use crate::runtime::Runtime;
 use crate::session::{SealedTokens, SessionId, TokenKind};
 use http::header;
 use pingora::proxy::Session;
+
+/// Metric label of what a callback could not be tied to.
+const UNKNOWN: &str = "unknown";
 
 /// Longest email accepted for home-realm discovery (RFC 5321 path limit).
 const MAX_EMAIL: usize = 254;
@@ -25,6 +28,8 @@ struct LoginParams {
     email: Option<String>,
     step_up: Option<String>,
     journey: Option<String>,
+    /// Set by the chooser's form: the answer to a journey already counted as started.
+    via: Option<String>,
 }
 
 impl LoginParams {
@@ -38,6 +43,7 @@ impl LoginParams {
                 "email" => &mut p.email,
                 "step_up" => &mut p.step_up,
                 "journey" => &mut p.journey,
+                "via" => &mut p.via,
                 _ => continue,
             };
             if slot.is_none() {
@@ -109,6 +115,7 @@ pub async fn login(session: &Session, ctx: &RequestCtx, query: &str) -> Outcome 
             candidates.iter().any(|p| !p.domains.is_empty()),
             &return_to,
             route.map(|r| &*r.name),
+            signup,
             notice,
         )
     };
@@ -147,6 +154,16 @@ pub async fn login(session: &Session, ctx: &RequestCtx, query: &str) -> Outcome 
             Err(crate::policy::Decision::Unavailable { reason }) => return error(503, reason),
             Err(_) => {}
         }
+    }
+    let journey = if step.is_some() {
+        Journey::StepUp
+    } else if signup {
+        Journey::Signup
+    } else {
+        Journey::Login
+    };
+    if params.via.as_deref() != Some("chooser") {
+        rt.metrics.login_started(journey.label());
     }
     let pinned = step
         .as_ref()
@@ -270,7 +287,7 @@ pub async fn login(session: &Session, ctx: &RequestCtx, query: &str) -> Outcome 
     .await
     {
         Ok(started) => {
-            rt.metrics.login_started(provider.id());
+            rt.metrics.login_sent(journey.label(), provider.id());
             // The binding cookie lives as long as a login may take; an existing one is
             // renewed so that parallel logins in several tabs all stay bound.
             let value = started
@@ -287,10 +304,38 @@ pub async fn login(session: &Session, ctx: &RequestCtx, query: &str) -> Outcome 
             redirect(302, started.location, vec![cookie])
         }
         Err(f) => {
-            rt.metrics.login_failed(provider.id(), f.reason);
+            rt.metrics
+                .login_failed(journey.label(), provider.id(), f.reason);
             error(f.status, f.reason)
         }
     }
+}
+
+/// Most abandoned logins counted per sweep (the rest wait for the next one).
+const ABANDONED_PER_SWEEP: usize = 1000;
+
+/// Counts the logins whose callback never came before they timed out: takes them off
+/// the store's queue of pending logins (each is taken by one gateway of a fleet) and
+/// counts each as abandoned, a step-up also for its route. Returns how many.
+pub async fn count_abandoned(rt: &Runtime) -> Result<usize, crate::session::StoreError> {
+    let taken = rt
+        .store
+        .queue_take_due(
+            crate::session::keys::LOGINS_PENDING,
+            rt.clock.now_ms(),
+            ABANDONED_PER_SWEEP,
+        )
+        .await?;
+    for member in &taken {
+        let Some(p) = flow::Pending::parse(member) else {
+            continue;
+        };
+        rt.metrics.login_abandoned(p.journey.label(), p.provider);
+        if p.journey == Journey::StepUp && !p.route.is_empty() {
+            rt.metrics.step_up(p.route, "abandoned", "timed-out");
+        }
+    }
+    Ok(taken.len())
 }
 
 /// Counts, per client address, what the `credential_stuffing` and `signup_velocity`
@@ -345,7 +390,10 @@ pub async fn callback(session: &Session, ctx: &RequestCtx, query: &str) -> Outco
     let params = match CallbackParams::parse(query) {
         Ok(p) => p,
         // Counted against the address like every other 4xx callback failure.
-        Err(reason) => return failed(ctx, "unknown", reason, 400, None).await,
+        Err(reason) => {
+            metrics.login_callback(UNKNOWN, UNKNOWN);
+            return failed(ctx, UNKNOWN, UNKNOWN, reason, 400, None).await;
+        }
     };
     let spec = &rt.config.session;
     let binding = cookies::find(&req.headers, &spec.login_cookie_name);
@@ -367,10 +415,26 @@ pub async fn callback(session: &Session, ctx: &RequestCtx, query: &str) -> Outco
     )
     .await;
     let mut done = match finished {
-        Ok(done) => done,
+        Ok(done) => {
+            metrics.login_callback(done.journey.label(), &done.session.provider);
+            done
+        }
         Err(f) => {
-            let provider = f.provider.as_deref().unwrap_or("unknown");
-            return failed(ctx, provider, f.reason, f.status, f.account.as_deref()).await;
+            let provider = f.provider.as_deref().unwrap_or(UNKNOWN);
+            let journey = f.journey.map_or(UNKNOWN, Journey::label);
+            metrics.login_callback(journey, provider);
+            if let Some(route) = &f.step_up_route {
+                metrics.step_up(route, "failed", f.reason);
+            }
+            return failed(
+                ctx,
+                journey,
+                provider,
+                f.reason,
+                f.status,
+                f.account.as_deref(),
+            )
+            .await;
         }
     };
     if let Some(step) = done.step_up.take() {
@@ -384,8 +448,10 @@ pub async fn callback(session: &Session, ctx: &RequestCtx, query: &str) -> Outco
         .clone()
         .unwrap_or_else(|| done.session.namespaced_user());
     note_address(ctx, Some(&user), false).await;
-    let fail =
-        |reason: &'static str, status: u16| failed(ctx, &provider, reason, status, Some(&user));
+    let journey = done.journey.label();
+    let fail = |reason: &'static str, status: u16| {
+        failed(ctx, journey, &provider, reason, status, Some(&user))
+    };
     // The population decides the session's rules; with populations configured, a user
     // in none of them does not get a session.
     if !rt.config.populations.is_empty() {
@@ -423,6 +489,7 @@ pub async fn callback(session: &Session, ctx: &RequestCtx, query: &str) -> Outco
     crate::lifecycle::sessions_ended(rt, &created.evicted, "evicted");
     metrics.session_created(created.session.population.as_deref());
     metrics.login_completed(
+        journey,
         &provider,
         now.saturating_sub(done.started_ms) as f64 / 1000.0,
     );
@@ -471,6 +538,7 @@ async fn finish_step_up(
         audit_step_up(ctx, &step.route, &done.session, "failed", reason);
         failed(
             ctx,
+            Journey::StepUp.label(),
             &provider,
             reason,
             status,
@@ -538,6 +606,11 @@ async fn finish_step_up(
         Err(_) => return fail("session-store-unavailable", 503).await,
     };
     rt.metrics.step_up(&step.route, "completed", "ok");
+    rt.metrics.login_completed(
+        Journey::StepUp.label(),
+        &provider,
+        now.saturating_sub(done.started_ms) as f64 / 1000.0,
+    );
     audit_step_up(ctx, &step.route, &s, "completed", "ok");
     let lifetime = rt.absolute_timeout(&s);
     let elapsed = now.saturating_sub(s.created_ms) / 1000;
@@ -638,13 +711,14 @@ const DEVICE_CONTEXT: &str = "device-cookie";
 /// count against the client's address; the user's own against their account too).
 async fn failed(
     ctx: &RequestCtx,
+    journey: &'static str,
     provider: &str,
     reason: &'static str,
     status: u16,
     account: Option<&str>,
 ) -> Outcome {
     let rt = &ctx.rt;
-    rt.metrics.login_failed(provider, reason);
+    rt.metrics.login_failed(journey, provider, reason);
     log::info!(
         "request {}: login failed at callback: {reason} (provider {provider})",
         ctx.request_id
@@ -653,6 +727,7 @@ async fn failed(
         "login-failed",
         serde_json::json!({
             "request_id": ctx.request_id.as_str(),
+            "journey": journey,
             "provider": provider,
             "reason": reason,
             "status": status,

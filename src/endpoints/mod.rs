@@ -2,7 +2,7 @@
 //!
 //! | path | method | what |
 //! |---|---|---|
-//! | `login` | GET | start a login (`rd` = where to return; `provider`, `route` or `email` choose the IdP, else a chooser page) |
+//! | `login` | GET | start a login (`rd` = where to return; `provider`, `route` or `email` choose the IdP, else a chooser page; `journey=signup` asks for registration) |
 //! | `callback` | GET | the provider's redirect back; creates the session |
 //! | `logout` | GET, POST | GET: a confirmation page; POST (with its CSRF token): end the session, then RP-initiated logout at the provider |
 //! | `backchannel-logout` | POST | OpenID Connect Back-Channel Logout: the provider ends sessions |
@@ -14,6 +14,8 @@
 
 mod login;
 mod logout;
+
+pub use login::count_abandoned;
 mod pages;
 mod sessions;
 

@@ -43,13 +43,19 @@ pub fn chooser(
     email_field: bool,
     return_to: &str,
     route: Option<&str>,
+    signup: bool,
     notice: Option<&str>,
 ) -> Outcome {
     let hidden = {
+        // `via=chooser`: the answer continues a journey already counted as started.
         let mut h = format!(
-            "<input type=\"hidden\" name=\"rd\" value=\"{}\">",
+            "<input type=\"hidden\" name=\"rd\" value=\"{}\">\
+             <input type=\"hidden\" name=\"via\" value=\"chooser\">",
             esc(return_to)
         );
+        if signup {
+            h.push_str("<input type=\"hidden\" name=\"journey\" value=\"signup\">");
+        }
         if let Some(r) = route {
             h.push_str(&format!(
                 "<input type=\"hidden\" name=\"route\" value=\"{}\">",
@@ -58,7 +64,11 @@ pub fn chooser(
         }
         h
     };
-    let mut body = String::from("<h1>Sign in</h1>");
+    let mut body = String::from(if signup {
+        "<h1>Create an account</h1>"
+    } else {
+        "<h1>Sign in</h1>"
+    });
     if let Some(n) = notice {
         body.push_str(&format!("<p role=\"alert\">{}</p>", esc(n)));
     }
@@ -279,6 +289,7 @@ mod tests {
             true,
             "/x\"y",
             Some("r"),
+            false,
             None,
         ) else {
             panic!("a page")

@@ -41,6 +41,70 @@ struct LoginState {
     /// When this login is a step-up: what it must prove, for which session.
     #[serde(default)]
     step_up: Option<StepUpState>,
+    /// Which journey (metrics).
+    #[serde(default)]
+    journey: Journey,
+    /// Its member in the queue of pending logins ([`keys::LOGINS_PENDING`]), taken off
+    /// at the callback; what is left when the login times out was abandoned.
+    #[serde(default)]
+    pending: String,
+}
+
+/// What a login is for: signing in, signing up (`prompt=create`) or stepping up. A
+/// metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Journey {
+    #[default]
+    Login,
+    Signup,
+    StepUp,
+}
+
+impl Journey {
+    pub fn label(self) -> &'static str {
+        match self {
+            Journey::Login => "login",
+            Journey::Signup => "signup",
+            Journey::StepUp => "step-up",
+        }
+    }
+
+    pub fn from_label(s: &str) -> Option<Journey> {
+        match s {
+            "login" => Some(Journey::Login),
+            "signup" => Some(Journey::Signup),
+            "step-up" => Some(Journey::StepUp),
+            _ => None,
+        }
+    }
+}
+
+/// A pending login's member in [`keys::LOGINS_PENDING`]: what an abandoned login is
+/// counted by, and a unique part. `<unique>|<journey>|<provider>|<step-up route>`.
+fn pending_member(unique: &str, journey: Journey, provider: &str, route: &str) -> String {
+    format!("{unique}|{}|{provider}|{route}", journey.label())
+}
+
+/// A pending login, as read back from its member.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Pending<'a> {
+    pub journey: Journey,
+    pub provider: &'a str,
+    /// The step-up's route; empty otherwise.
+    pub route: &'a str,
+}
+
+impl<'a> Pending<'a> {
+    pub fn parse(member: &'a str) -> Option<Pending<'a>> {
+        let mut p = member.splitn(4, '|');
+        let (_, journey, provider, route) = (p.next()?, p.next()?, p.next()?, p.next()?);
+        Some(Pending {
+            journey: Journey::from_label(journey)?,
+            provider,
+            route,
+        })
+    }
 }
 
 /// A step-up in progress: the session being elevated and what the provider's answer
@@ -77,6 +141,7 @@ pub struct Finished {
     pub hint: Option<String>,
     /// Set when the login was a step-up.
     pub step_up: Option<StepUpState>,
+    pub journey: Journey,
 }
 
 /// Optional parameters of an authorization request.
@@ -105,6 +170,10 @@ pub struct Failure {
     pub provider: Option<String>,
     /// The account the login was for, when the user named one.
     pub account: Option<String>,
+    /// The login's journey, once the callback was tied to a login.
+    pub journey: Option<Journey>,
+    /// The route of a step-up that failed.
+    pub step_up_route: Option<String>,
 }
 
 fn fail(reason: &'static str, status: u16, provider: Option<&str>) -> Failure {
@@ -113,6 +182,8 @@ fn fail(reason: &'static str, status: u16, provider: Option<&str>) -> Failure {
         status,
         provider: provider.map(str::to_string),
         account: None,
+        journey: None,
+        step_up_route: None,
     }
 }
 
@@ -194,6 +265,20 @@ pub async fn start(
         req = req.add_extra_param("prompt", "create");
     }
     let (url, state, nonce) = req.url();
+    let state_hash = keys::sha256_hex(state.secret().as_bytes());
+    let journey = if options.step_up.is_some() {
+        Journey::StepUp
+    } else if options.prompt_create {
+        Journey::Signup
+    } else {
+        Journey::Login
+    };
+    let pending = pending_member(
+        &state_hash[..16],
+        journey,
+        provider.id(),
+        options.step_up.as_ref().map_or("", |s| s.route.as_str()),
+    );
     let record = LoginState {
         provider: provider.id().to_string(),
         nonce: nonce.secret().clone(),
@@ -203,19 +288,25 @@ pub async fn start(
         started_ms: now_ms,
         hint: options.login_hint.map(str::to_string),
         step_up: options.step_up.clone(),
+        journey,
+        pending,
     };
     let bytes = serde_json::to_vec(&record).map_err(|_| fail("internal-error", 500, id))?;
     let stored = store
-        .put_if_absent(
-            &keys::login_state(&keys::sha256_hex(state.secret().as_bytes())),
-            &bytes,
-            ttl,
-        )
+        .put_if_absent(&keys::login_state(&state_hash), &bytes, ttl)
         .await
         .map_err(|e| store_failure(e, id))?;
     if !stored {
         // 256 random bits collided: something is badly wrong with randomness.
         return Err(fail("internal-error", 500, id));
+    }
+    let due = now_ms.saturating_add(ttl.as_millis() as u64);
+    if let Err(e) = store
+        .queue_add(keys::LOGINS_PENDING, &record.pending, due)
+        .await
+    {
+        // Only the abandoned-login count misses it; the login itself goes on.
+        log::warn!("cannot queue a pending login: {e}");
     }
     Ok(Started {
         location: url.to_string(),
@@ -285,11 +376,24 @@ pub async fn finish<'p>(
     let bytes = taken.ok_or_else(|| fail("state-mismatch", 400, None))?;
     let login: LoginState =
         serde_json::from_slice(&bytes).map_err(|_| fail("state-mismatch", 400, None))?;
+    if !login.pending.is_empty() {
+        // The callback came: whatever its outcome, the login was not abandoned.
+        if let Err(e) = store
+            .queue_remove(keys::LOGINS_PENDING, &login.pending)
+            .await
+        {
+            log::warn!("cannot dequeue a pending login: {e}");
+        }
+    }
     let account = login.hint.clone();
+    let journey = login.journey;
+    let step_up_route = login.step_up.as_ref().map(|s| s.route.clone());
     finish_login(find_provider, login, params, binding, client, now_ms)
         .await
         .map_err(|mut f| {
             f.account = account;
+            f.journey = Some(journey);
+            f.step_up_route = step_up_route;
             f
         })
 }
@@ -409,6 +513,7 @@ async fn finish_login<'p>(
         tokens,
         hint: login.hint,
         step_up: login.step_up,
+        journey: login.journey,
     })
 }
 

@@ -205,8 +205,34 @@ impl Provider {
         }
     }
 
+    /// Records a request to the provider: its latency, and its failure when the fault is
+    /// the provider's (unreachable, a 5xx, a response we cannot use). Discovery failures
+    /// are counted by [`Self::refresh`]; a 4xx is about the request, not the provider.
+    fn observe<T>(
+        &self,
+        operation: &'static str,
+        started: std::time::Instant,
+        r: &Result<T, ProviderError>,
+    ) {
+        self.metrics
+            .provider_request(self.id(), operation, started.elapsed().as_secs_f64());
+        if let Err(e) = r {
+            let providers_fault = match e {
+                ProviderError::Status { status, .. } => *status >= 500,
+                _ => true,
+            };
+            if providers_fault && operation != "discovery" {
+                self.metrics.provider_error(self.id(), operation, e.kind());
+            }
+        }
+    }
+
     async fn fetch_keys(&self, uri: &str) -> Result<(), String> {
-        match self.keys.fetch(&self.http, uri).await {
+        let started = std::time::Instant::now();
+        let fetched = self.keys.fetch(&self.http, uri).await;
+        self.metrics
+            .provider_request(self.id(), "jwks", started.elapsed().as_secs_f64());
+        match fetched {
             Ok(_) => Ok(()),
             Err(e) => {
                 self.metrics
@@ -217,6 +243,13 @@ impl Provider {
     }
 
     async fn discover(&self) -> Result<Discovered, ProviderError> {
+        let started = std::time::Instant::now();
+        let r = self.discover_now().await;
+        self.observe("discovery", started, &r);
+        r
+    }
+
+    async fn discover_now(&self) -> Result<Discovered, ProviderError> {
         let url = format!(
             "{}/.well-known/openid-configuration",
             self.spec.issuer.trim_end_matches('/')
@@ -299,16 +332,20 @@ impl Provider {
         code: &str,
         verifier: &str,
     ) -> Result<TokenResponse, ProviderError> {
-        self.token_request(
-            d,
-            &[
-                ("grant_type", "authorization_code"),
-                ("code", code),
-                ("redirect_uri", &self.redirect_uri),
-                ("code_verifier", verifier),
-            ],
-        )
-        .await
+        let started = std::time::Instant::now();
+        let r = self
+            .token_request(
+                d,
+                &[
+                    ("grant_type", "authorization_code"),
+                    ("code", code),
+                    ("redirect_uri", &self.redirect_uri),
+                    ("code_verifier", verifier),
+                ],
+            )
+            .await;
+        self.observe("token", started, &r);
+        r
     }
 
     /// Uses a refresh token (OpenID Connect Core §12).
@@ -317,14 +354,18 @@ impl Provider {
         d: &Discovered,
         refresh_token: &str,
     ) -> Result<TokenResponse, ProviderError> {
-        self.token_request(
-            d,
-            &[
-                ("grant_type", "refresh_token"),
-                ("refresh_token", refresh_token),
-            ],
-        )
-        .await
+        let started = std::time::Instant::now();
+        let r = self
+            .token_request(
+                d,
+                &[
+                    ("grant_type", "refresh_token"),
+                    ("refresh_token", refresh_token),
+                ],
+            )
+            .await;
+        self.observe("refresh", started, &r);
+        r
     }
 
     /// A request to the token endpoint, authenticated as our client.
@@ -383,9 +424,15 @@ impl Provider {
             .userinfo_endpoint
             .as_deref()
             .ok_or_else(|| ProviderError::Invalid("no userinfo_endpoint".into()))?;
-        let body = get_json_bytes(&self.http, url, Some(access_token)).await?;
-        serde_json::from_slice(&body)
-            .map_err(|_| ProviderError::Invalid("UserInfo is not a JSON object".into()))
+        let started = std::time::Instant::now();
+        let r = get_json_bytes(&self.http, url, Some(access_token))
+            .await
+            .and_then(|body| {
+                serde_json::from_slice(&body)
+                    .map_err(|_| ProviderError::Invalid("UserInfo is not a JSON object".into()))
+            });
+        self.observe("userinfo", started, &r);
+        r
     }
 }
 

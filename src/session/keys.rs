@@ -9,6 +9,7 @@
 //! | `p:{<sid-hash>}:sessions` | sessions a provider session (`sid`) made, for back-channel logout |
 //! | `{all}:sessions` | every session, scored by when it lapses (counting) |
 //! | `l:{<state-hash>}` | short-lived login state (single use) |
+//! | `{logins}:pending` | due queue of logins waiting for their callback, due when they time out (abandoned-login count) |
 //! | `jti:{<hash>}` | a logout token already used (replay) |
 //! | `lock:{<name>}` | a lock |
 
@@ -51,6 +52,9 @@ pub const ALL_SESSIONS: &str = "{all}:sessions";
 pub fn used_token(hash: &str) -> String {
     format!("jti:{{{hash}}}")
 }
+
+/// The due queue of pending logins.
+pub const LOGINS_PENDING: &str = "{logins}:pending";
 
 pub fn login_state(state_hash: &str) -> String {
     format!("l:{{{state_hash}}}")

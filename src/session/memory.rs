@@ -18,6 +18,8 @@ struct Inner {
     values: HashMap<String, Entry>,
     /// index key -> (member -> expiry)
     indexes: HashMap<String, BTreeMap<String, u64>>,
+    /// due queue key -> (member -> due time)
+    queues: HashMap<String, BTreeMap<String, u64>>,
     /// Entry count at which the next full sweep of expired values runs.
     sweep_at: usize,
 }
@@ -197,6 +199,53 @@ impl SessionStore for MemoryStore {
         }
         members.sort();
         Ok(members.into_iter().map(|(_, k)| k).collect())
+    }
+
+    async fn queue_add(&self, key: &str, member: &str, due_ms: u64) -> Result<(), StoreError> {
+        self.lock()
+            .queues
+            .entry(key.to_string())
+            .or_default()
+            .insert(member.to_string(), due_ms);
+        Ok(())
+    }
+
+    async fn queue_remove(&self, key: &str, member: &str) -> Result<bool, StoreError> {
+        let mut inner = self.lock();
+        let Some(q) = inner.queues.get_mut(key) else {
+            return Ok(false);
+        };
+        let removed = q.remove(member).is_some();
+        if q.is_empty() {
+            inner.queues.remove(key);
+        }
+        Ok(removed)
+    }
+
+    async fn queue_take_due(
+        &self,
+        key: &str,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut inner = self.lock();
+        let Some(q) = inner.queues.get_mut(key) else {
+            return Ok(Vec::new());
+        };
+        let mut due: Vec<(u64, String)> = q
+            .iter()
+            .filter(|(_, at)| **at <= now_ms)
+            .map(|(m, at)| (*at, m.clone()))
+            .collect();
+        due.sort();
+        due.truncate(limit);
+        for (_, m) in &due {
+            q.remove(m);
+        }
+        if q.is_empty() {
+            inner.queues.remove(key);
+        }
+        Ok(due.into_iter().map(|(_, m)| m).collect())
     }
 
     async fn index_count(&self, key: &str, now_ms: u64) -> Result<u64, StoreError> {

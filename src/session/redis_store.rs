@@ -35,6 +35,7 @@ pub struct RedisStore {
     compare_and_put: redis::Script,
     index_add: redis::Script,
     gcra: redis::Script,
+    take_due: redis::Script,
 }
 
 fn unavailable(e: redis::RedisError) -> StoreError {
@@ -67,6 +68,10 @@ impl RedisStore {
             ),
             gcra: redis::Script::new(crate::ratelimit::GCRA_SCRIPT),
             // ZADD, then keep the index alive as long as its longest-lived member.
+            take_due: redis::Script::new(
+                "local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2]) \
+                 if #due > 0 then redis.call('ZREM', KEYS[1], unpack(due)) end return due",
+            ),
             index_add: redis::Script::new(
                 "redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1]) \
                  local top = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES') \
@@ -227,6 +232,37 @@ impl SessionStore for RedisStore {
             .await
             .map_err(unavailable)?;
         Ok(n)
+    }
+
+    async fn queue_add(&self, key: &str, member: &str, due_ms: u64) -> Result<(), StoreError> {
+        let mut c = self.conn().await?;
+        let _: i64 = c
+            .zadd(self.key(key), member, due_ms)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn queue_remove(&self, key: &str, member: &str) -> Result<bool, StoreError> {
+        let mut c = self.conn().await?;
+        let n: i64 = c.zrem(self.key(key), member).await.map_err(unavailable)?;
+        Ok(n > 0)
+    }
+
+    async fn queue_take_due(
+        &self,
+        key: &str,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut c = self.conn().await?;
+        self.take_due
+            .key(self.key(key))
+            .arg(now_ms)
+            .arg(limit)
+            .invoke_async(&mut c)
+            .await
+            .map_err(unavailable)
     }
 
     async fn index_counts(&self, keys: &[&str], now_ms: u64) -> Result<Vec<u64>, StoreError> {

@@ -83,6 +83,22 @@ pub trait SessionStore: Send + Sync + 'static {
         Ok(out)
     }
 
+    /// Puts `member` in the due queue at `key`, due at `due_ms`. Unlike an index, members
+    /// stay past their time until taken by [`Self::queue_take_due`].
+    async fn queue_add(&self, key: &str, member: &str, due_ms: u64) -> Result<(), StoreError>;
+
+    /// Removes `member` from the due queue (it will not be taken).
+    async fn queue_remove(&self, key: &str, member: &str) -> Result<bool, StoreError>;
+
+    /// Takes up to `limit` members due at `now_ms`, atomically: across every gateway
+    /// sharing the store, each member is taken once.
+    async fn queue_take_due(
+        &self,
+        key: &str,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError>;
+
     /// One step of GCRA rate limiting on `key`: a budget of `burst` requests, one more
     /// earned every `period`. `Ok(Err(wait))` when over the budget: allowed again after
     /// `wait`. Atomic across every gateway sharing the store.
