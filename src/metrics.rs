@@ -28,6 +28,8 @@ pub struct Metrics {
     config_last_success: IntGauge,
     journey_steps: IntCounterVec,
     identity: IdentityMetrics,
+    /// Every metric's name, whether it has series yet or not.
+    names: Vec<String>,
 }
 
 /// Login, session, provider and store metrics.
@@ -98,6 +100,7 @@ fn must<T>(r: prometheus::Result<T>) -> T {
 impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
+        let mut names = Vec::new();
         let requests = must(IntCounterVec::new(
             Opts::new(
                 "portcullis_requests_total",
@@ -325,6 +328,7 @@ impl Metrics {
             Box::new(identity.step_ups.clone()),
             Box::new(identity.risk_decisions.clone()),
         ] {
+            names.extend(c.desc().iter().map(|d| d.fq_name.clone()));
             must(registry.register(c));
         }
         for c in [
@@ -337,6 +341,7 @@ impl Metrics {
             Box::new(config_last_success.clone()),
             Box::new(journey_steps.clone()),
         ] {
+            names.extend(c.desc().iter().map(|d| d.fq_name.clone()));
             must(registry.register(c));
         }
         // Both results exist from the start, so `rate()` and alerts see a zero, not a gap.
@@ -353,6 +358,7 @@ impl Metrics {
             config_last_success,
             journey_steps,
             identity,
+            names,
         }
     }
 
@@ -618,6 +624,12 @@ impl Metrics {
     }
 
     /// Prometheus text exposition of everything.
+    /// The name of every metric Portcullis exports (a histogram's series add `_bucket`,
+    /// `_sum` and `_count`), for checking dashboards and alert rules against.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
     pub fn render(&self) -> Vec<u8> {
         let mut buf = Vec::new();
         // Encoding into a Vec cannot fail for well-formed metric families.
@@ -635,6 +647,24 @@ impl Default for Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_metric_is_named_even_before_it_has_a_series() {
+        let m = Metrics::new();
+        let names = m.names();
+        for n in [
+            "portcullis_requests_total",
+            "portcullis_login_abandoned_total",
+            "portcullis_journey_steps_total",
+            "portcullis_session_store_duration_seconds",
+        ] {
+            assert!(names.iter().any(|x| x == n), "{n} in {names:?}");
+        }
+        assert!(!String::from_utf8(m.render())
+            .unwrap()
+            .contains("portcullis_login_abandoned_total"));
+        assert!(names.iter().all(|n| n.starts_with("portcullis_")));
+    }
 
     #[test]
     fn route_handles_count_by_status_class() {
