@@ -27,21 +27,57 @@ pub enum AuditOutput {
     Off,
 }
 
+/// Lines sent to a writer thread through a bounded queue: `send` never blocks; when
+/// the queue is full the line is dropped and `send` says so. Used by the audit log and
+/// the access log.
+pub struct LineQueue {
+    tx: SyncSender<String>,
+}
+
+impl LineQueue {
+    /// Starts the thread `name` writing lines to `writer`.
+    pub fn start(mut writer: Box<dyn Write + Send>, name: &str) -> Result<LineQueue, String> {
+        let (tx, rx) = sync_channel::<String>(QUEUE);
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                while let Ok(line) = rx.recv() {
+                    let _ = writer.write_all(line.as_bytes());
+                    // Flush when the queue is empty: lines are not held back in a buffer.
+                    while let Ok(more) = rx.try_recv() {
+                        let _ = writer.write_all(more.as_bytes());
+                    }
+                    let _ = writer.flush();
+                }
+            })
+            .map_err(|e| format!("cannot start the {name} writer: {e}"))?;
+        Ok(LineQueue { tx })
+    }
+
+    /// Queues `line` (which ends in a newline); false when it was dropped.
+    pub fn send(&self, line: String) -> bool {
+        match self.tx.try_send(line) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => false,
+        }
+    }
+}
+
 /// The sink events are sent to.
 pub struct Audit {
     pub output: AuditOutput,
-    tx: Option<SyncSender<String>>,
+    queue: Option<LineQueue>,
     metrics: Arc<Metrics>,
 }
 
 impl Audit {
     /// Opens the output (the file, in append mode) and starts the writer thread.
     pub fn new(output: AuditOutput, metrics: Arc<Metrics>) -> Result<Audit, String> {
-        let mut writer: Box<dyn Write + Send> = match &output {
+        let writer: Box<dyn Write + Send> = match &output {
             AuditOutput::Off => {
                 return Ok(Audit {
                     output,
-                    tx: None,
+                    queue: None,
                     metrics,
                 })
             }
@@ -54,23 +90,9 @@ impl Audit {
                     .map_err(|e| format!("audit log {}: {e}", p.display()))?,
             ),
         };
-        let (tx, rx) = sync_channel::<String>(QUEUE);
-        std::thread::Builder::new()
-            .name("portcullis-audit".into())
-            .spawn(move || {
-                while let Ok(line) = rx.recv() {
-                    let _ = writer.write_all(line.as_bytes());
-                    // Flush when the queue is empty: lines are not held back in a buffer.
-                    if let Ok(more) = rx.try_recv() {
-                        let _ = writer.write_all(more.as_bytes());
-                    }
-                    let _ = writer.flush();
-                }
-            })
-            .map_err(|e| format!("cannot start the audit writer: {e}"))?;
         Ok(Audit {
             output,
-            tx: Some(tx),
+            queue: Some(LineQueue::start(writer, "portcullis-audit")?),
             metrics,
         })
     }
@@ -78,7 +100,7 @@ impl Audit {
     /// Records `event` with the fields of the JSON object `fields` (`ts` and `event`
     /// are added).
     pub fn emit(&self, event: &str, fields: Value) {
-        let Some(tx) = &self.tx else {
+        let Some(queue) = &self.queue else {
             return;
         };
         let mut obj = Map::new();
@@ -89,11 +111,8 @@ impl Audit {
         }
         let mut line = Value::Object(obj).to_string();
         line.push('\n');
-        match tx.try_send(line) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.metrics.audit_dropped();
-            }
+        if !queue.send(line) {
+            self.metrics.audit_dropped();
         }
     }
 }
@@ -103,7 +122,7 @@ pub fn pseudonym(user_key: &str) -> String {
     user_key.chars().take(16).collect()
 }
 
-fn now_rfc3339() -> String {
+pub(crate) fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
 }
 

@@ -15,6 +15,7 @@ pub mod geoip;
 pub mod headers;
 pub mod identity_headers;
 pub mod lifecycle;
+pub mod logging;
 pub mod metrics;
 pub mod oidc;
 pub mod policy;

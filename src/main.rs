@@ -98,11 +98,12 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(
-        "info,pingora_core=warn,pingora_proxy=warn,pingora_load_balancing=warn",
-    ))
-    .init();
-    match Cli::parse().command {
+    let command = Cli::parse().command;
+    // `run` logs as its configuration says; everything else in text at info.
+    if !matches!(command, Command::Run { .. }) {
+        portcullis::logging::init(&portcullis::logging::LoggingSpec::default());
+    }
+    match command {
         Command::Check {
             config,
             request,
@@ -418,6 +419,7 @@ fn run(path: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    portcullis::logging::init(&cfg.logging);
     for w in &cfg.warnings {
         log::warn!("{w}");
     }

@@ -27,6 +27,7 @@ pub struct Metrics {
     config_reloads: IntCounterVec,
     config_last_success: IntGauge,
     journey_steps: IntCounterVec,
+    log_dropped: IntCounter,
     identity: IdentityMetrics,
     /// Every metric's name, whether it has series yet or not.
     names: Vec<String>,
@@ -153,6 +154,10 @@ impl Metrics {
             "Requests to routes that are a step of a named journey (journey: { name, step } in a policy), by journey, step and status class.",
             &["journey", "step", "status_class"],
         );
+        let log_dropped = must(IntCounter::new(
+            "portcullis_log_lines_dropped_total",
+            "Access log lines dropped because the writer fell behind (the queue was full).",
+        ));
         let identity = IdentityMetrics {
             login_started: counter(
                 "portcullis_login_started_total",
@@ -340,6 +345,7 @@ impl Metrics {
             Box::new(config_reloads.clone()),
             Box::new(config_last_success.clone()),
             Box::new(journey_steps.clone()),
+            Box::new(log_dropped.clone()),
         ] {
             names.extend(c.desc().iter().map(|d| d.fq_name.clone()));
             must(registry.register(c));
@@ -357,6 +363,7 @@ impl Metrics {
             config_reloads,
             config_last_success,
             journey_steps,
+            log_dropped,
             identity,
             names,
         }
@@ -539,6 +546,10 @@ impl Metrics {
             .step_ups
             .with_label_values(&[route, outcome, reason])
             .inc();
+    }
+
+    pub fn log_line_dropped(&self) {
+        self.log_dropped.inc();
     }
 
     pub fn audit_dropped(&self) {

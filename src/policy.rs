@@ -31,6 +31,18 @@ pub enum Decision {
 }
 
 impl Decision {
+    /// The decision's kind, for the access log.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Decision::Allow => "allow",
+            Decision::Deny { .. } => "deny",
+            Decision::Login { .. } => "login",
+            Decision::Unauthorized { .. } => "unauthorized",
+            Decision::Unavailable { .. } => "unavailable",
+            Decision::StepUp { .. } => "step-up",
+        }
+    }
+
     pub fn reason(&self) -> Option<&'static str> {
         match *self {
             Decision::Allow => None,

@@ -377,6 +377,10 @@ impl Gateway {
         if cfg.threads != old.config.threads {
             log::warn!("`threads` changes take effect only after a restart");
         }
+        let (new_log, old_log) = (&cfg.logging, &old.config.logging);
+        if (new_log.level, new_log.format) != (old_log.level, old_log.format) {
+            log::warn!("logging.level and logging.format changes take effect only after a restart (logging.access_log applies now)");
+        }
         // The admin listener keeps the address it was started with, so the token rule is
         // checked against that address: a reload must not strip the token off an admin
         // port that is still open to the network.

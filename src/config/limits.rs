@@ -232,6 +232,33 @@ impl Builder<'_> {
         }
     }
 
+    pub(super) fn logging(&mut self) -> crate::logging::LoggingSpec {
+        use crate::logging::{LogFormat, LoggingSpec};
+        let raw: RawLogging = match self.root.get("logging") {
+            None => RawLogging::default(),
+            Some(n) => self.decode(n, "logging").unwrap_or_default(),
+        };
+        let mut spec = LoggingSpec::default();
+        if let Some(l) = raw.level {
+            match l.parse::<log::LevelFilter>() {
+                Ok(level) => spec.level = level,
+                Err(_) => self.err(
+                    "logging.level",
+                    format!("{l:?}: error, warn, info, debug, trace or off"),
+                ),
+            }
+        }
+        match raw.format.as_deref() {
+            None | Some("text") => {}
+            Some("json") => spec.format = LogFormat::Json,
+            Some(f) => self.err("logging.format", format!("{f:?}: text or json")),
+        }
+        if let Some(a) = raw.access_log {
+            spec.access_log = a;
+        }
+        spec
+    }
+
     /// A route's `rate_limits`: names of defined limits; session and user keys only on
     /// routes that have an identity.
     pub(super) fn route_limits(

@@ -63,6 +63,8 @@ pub struct GatewayConfig {
     pub login: LoginSpec,
     /// Where audit events go.
     pub audit: crate::audit::AuditOutput,
+    /// Log level and format, and the access log.
+    pub logging: crate::logging::LoggingSpec,
     /// Risk signals and the gateway's mode.
     pub risk: RiskSpec,
     pub assertion: AssertionSpec,
@@ -202,6 +204,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "logout",
     "login",
     "audit",
+    "logging",
     "rate_limits",
     "risk",
 ];
@@ -409,6 +412,7 @@ impl<'a> Builder<'a> {
         let rate_limits = self.rate_limits(&session);
         let login = self.login(&rate_limits);
         let audit = self.audit(base);
+        let logging = self.logging();
         let mut geo_stamps = FileStamps::default();
         let risk = self.risk(base, login.regulation.is_some(), &mut geo_stamps);
         if risk.weights.new_device != 0
@@ -500,6 +504,7 @@ impl<'a> Builder<'a> {
             rate_limits,
             login,
             audit,
+            logging,
             risk,
             assertion,
             warnings: Vec::new(),

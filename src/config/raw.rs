@@ -399,6 +399,17 @@ pub struct RawAudit {
     pub file: Option<String>,
 }
 
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawLogging {
+    #[serde(default)]
+    pub level: Option<String>,
+    #[serde(default)]
+    pub format: Option<String>,
+    #[serde(default)]
+    pub access_log: Option<bool>,
+}
+
 #[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
 pub struct RawStepUp {

@@ -15,7 +15,7 @@
 //! response_filter          request id on every response; upstreams cannot set our
 //!                          cookies
 //! fail_to_proxy            the one place errors become responses (502, 504, ...)
-//! logging                  metrics
+//! logging                  metrics, the access log
 //! ```
 
 mod stages;
@@ -57,6 +57,12 @@ pub struct RequestCtx {
     pub identity: Option<crate::auth::Authenticated>,
     /// The request was for one of the gateway's own endpoints.
     pub endpoint: bool,
+    /// What was decided, for the access log (see [`crate::logging::Access`]).
+    pub decision: &'static str,
+    /// The reason code of the response we gave, if we answered with an error.
+    pub reason: Option<&'static str>,
+    /// The pseudonym of the signed-in user, for the access log.
+    pub user: Option<String>,
 }
 
 /// The gateway's proxy logic.
@@ -83,6 +89,9 @@ impl ProxyHttp for PortcullisProxy {
             responded: None,
             identity: None,
             endpoint: false,
+            decision: "allow",
+            reason: None,
+            user: None,
         }
     }
 

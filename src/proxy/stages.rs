@@ -216,12 +216,14 @@ pub async fn refuse_or_pass(
     metrics: &Metrics,
 ) -> Result<bool> {
     if let Some(reason) = ctx.rejected {
+        ctx.decision = "rejected";
         metrics.request_rejected(reason);
         send_error(session, ctx, 400, reason).await?;
         return Ok(true);
     }
     if let Some((path, query)) = endpoint_target(ctx) {
         ctx.endpoint = true;
+        ctx.decision = "endpoint";
         // Logins are limited before any state is stored or any provider is called.
         if matches!(&path[endpoints::PREFIX.len()..], "login" | "callback") {
             let rt = ctx.rt.clone();
@@ -242,6 +244,7 @@ pub async fn refuse_or_pass(
         return Ok(true);
     }
     let Some(idx) = ctx.route else {
+        ctx.decision = "no-route";
         send_error(session, ctx, 404, "no-route").await?;
         return Ok(true);
     };
@@ -252,6 +255,11 @@ pub async fn refuse_or_pass(
     }
     let (decision, identity) =
         auth::authorize_from(&rt, route, &session.req_header().headers, ctx.client_ip).await;
+    ctx.decision = decision.label();
+    ctx.reason = decision.reason();
+    ctx.user = identity
+        .as_ref()
+        .map(|a| crate::audit::pseudonym(&a.identity.user_key()));
     if decision == Decision::Allow {
         if limited(
             session,
@@ -324,6 +332,7 @@ async fn limited(
             continue;
         };
         rt.metrics.rate_limited(&limit.spec.name, route);
+        ctx.decision = "rate-limited";
         match refusal {
             Refusal::Limited(wait) => {
                 let secs = ratelimit::retry_after_secs(wait).to_string();
@@ -481,7 +490,7 @@ pub async fn send_error(
     session: &mut Session,
     ctx: &mut RequestCtx,
     status: u16,
-    reason: &str,
+    reason: &'static str,
 ) -> Result<()> {
     send_error_with_headers(session, ctx, status, reason, &[]).await
 }
@@ -491,7 +500,7 @@ pub async fn send_error_with(
     session: &mut Session,
     ctx: &mut RequestCtx,
     status: u16,
-    reason: &str,
+    reason: &'static str,
     set_cookies: &[String],
 ) -> Result<()> {
     let headers: Vec<(http::HeaderName, String)> = set_cookies
@@ -505,9 +514,10 @@ async fn send_error_with_headers(
     session: &mut Session,
     ctx: &mut RequestCtx,
     status: u16,
-    reason: &str,
+    reason: &'static str,
     extra: &[(http::HeaderName, String)],
 ) -> Result<()> {
+    ctx.reason = Some(reason);
     let json = responses::wants_json(session.req_header().headers.get(header::ACCEPT));
     let (mut h, body) = responses::error_response(status, reason, &ctx.request_id, json)?;
     for (n, v) in extra {
@@ -719,5 +729,26 @@ pub fn record(session: &Session, ctx: &RequestCtx) {
     };
     if status > 0 {
         metrics.record(status, elapsed);
+    }
+    if ctx.rt.config.logging.access_log {
+        let route = match ctx.route {
+            _ if ctx.endpoint => crate::runtime::ENDPOINTS_ROUTE,
+            Some(i) => &ctx.rt.routes[i].name,
+            None => crate::metrics::NO_ROUTE,
+        };
+        let line = crate::logging::Access {
+            request_id: &ctx.request_id,
+            method: session.req_header().method.as_str(),
+            route,
+            status,
+            seconds: elapsed,
+            decision: ctx.decision,
+            reason: ctx.reason,
+            client_ip: ctx.client_ip,
+            user: ctx.user.as_deref(),
+        };
+        if !crate::logging::access(&line) {
+            ctx.rt.metrics.log_line_dropped();
+        }
     }
 }
