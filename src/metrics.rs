@@ -592,10 +592,21 @@ impl Metrics {
     /// Drops the series of a route that a reload removed, so dashboards do not show a
     /// route that no longer exists.
     pub fn forget_route(&self, route: &str) {
-        for c in ["1xx", "2xx", "3xx", "4xx", "5xx"] {
+        for c in STATUS_CLASSES {
             let _ = self.requests.remove_label_values(&[route, c]);
         }
         let _ = self.duration.remove_label_values(&[route]);
+    }
+
+    /// Drops the series of a journey step that no route declares any more.
+    pub fn forget_journey_step(&self, step: &crate::config::JourneyStep) {
+        for c in STATUS_CLASSES {
+            let _ = self.journey_steps.remove_label_values(&[
+                step.name.as_str(),
+                step.step.as_str(),
+                c,
+            ]);
+        }
     }
 
     /// Drops the health gauge of an upstream that a reload removed.

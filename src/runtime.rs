@@ -403,6 +403,17 @@ impl Gateway {
                 self.metrics.forget_route(&r.name);
             }
         }
+        // A step is dropped only when no route declares it any more: routes may share one.
+        for step in old.config.routes.iter().filter_map(|r| r.journey.as_ref()) {
+            if !rt
+                .config
+                .routes
+                .iter()
+                .any(|r| r.journey.as_ref() == Some(step))
+            {
+                self.metrics.forget_journey_step(step);
+            }
+        }
         for name in old.upstreams.keys() {
             if !rt.upstreams.contains_key(name) {
                 self.metrics.forget_upstream(name);
