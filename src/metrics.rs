@@ -26,6 +26,7 @@ pub struct Metrics {
     upstream_healthy: IntGaugeVec,
     config_reloads: IntCounterVec,
     config_last_success: IntGauge,
+    config_last_ok: IntGauge,
     journey_steps: IntCounterVec,
     log_dropped: IntCounter,
     identity: IdentityMetrics,
@@ -149,6 +150,11 @@ impl Metrics {
             "portcullis_config_last_reload_success_timestamp_seconds",
             "Unix time of the last successful configuration load.",
         ));
+        let config_last_ok = must(IntGauge::new(
+            "portcullis_config_last_reload_successful",
+            "1 when the last configuration load succeeded, 0 while the last attempt failed (the previous configuration keeps running).",
+        ));
+        config_last_ok.set(1);
         let journey_steps = counter(
             "portcullis_journey_steps_total",
             "Requests to routes that are a step of a named journey (journey: { name, step } in a policy), by journey, step and status class.",
@@ -285,7 +291,7 @@ impl Metrics {
             ),
             step_ups: counter(
                 "portcullis_step_ups_total",
-                "Step-up authentication, by route and outcome (challenged, completed, failed) and reason code.",
+                "Step-up authentication, by route, outcome (challenged, completed, failed, abandoned) and reason code.",
                 &["route", "outcome", "reason"],
             ),
             audit_dropped: must(IntCounter::new(
@@ -344,6 +350,7 @@ impl Metrics {
             Box::new(upstream_healthy.clone()),
             Box::new(config_reloads.clone()),
             Box::new(config_last_success.clone()),
+            Box::new(config_last_ok.clone()),
             Box::new(journey_steps.clone()),
             Box::new(log_dropped.clone()),
         ] {
@@ -362,6 +369,7 @@ impl Metrics {
             upstream_healthy,
             config_reloads,
             config_last_success,
+            config_last_ok,
             journey_steps,
             log_dropped,
             identity,
@@ -637,6 +645,7 @@ impl Metrics {
     pub fn config_reload(&self, ok: bool) {
         let result = if ok { "success" } else { "error" };
         self.config_reloads.with_label_values(&[result]).inc();
+        self.config_last_ok.set(i64::from(ok));
         if ok {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
