@@ -198,7 +198,7 @@ impl Provider {
                 self.last_failure_ms.store(now, Ordering::Relaxed);
                 // The first failure of a streak, then every tenth: an IdP outage must not
                 // flood the log.
-                if n % 10 == 0 {
+                if n.is_multiple_of(10) {
                     log::warn!("provider {}: {e} (retrying with back-off)", self.id());
                 }
             }
