@@ -224,48 +224,42 @@ async fn the_level_from_the_config_leaves_out_lower_lines() {
     }
 }
 
+/// `portcullis check` of the standard gateway.yaml with `extra`: (success, stderr).
+fn check(extra: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    common::write_config(
+        dir.path(),
+        &gateway_yaml(
+            18080,
+            19090,
+            &format!("{extra}upstreams:\n  app: {{ targets: [\"127.0.0.1:9\"] }}\n"),
+        ),
+        &[("p.yaml", &common::public_catch_all(""))],
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .arg("check")
+        .arg("--config")
+        .arg(dir.path().join("gateway.yaml"))
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 #[test]
 fn logging_settings_are_checked() {
-    let dir = tempfile::tempdir().unwrap();
-    common::write_config(
-        dir.path(),
-        &gateway_yaml(
-            18080,
-            19090,
-            "logging: { level: loud, format: xml, access: true }\nupstreams:\n  app: { targets: [\"127.0.0.1:9\"] }\n",
-        ),
-        &[("p.yaml", &common::public_catch_all(""))],
-    );
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .arg("check")
-        .arg("--config")
-        .arg(dir.path().join("gateway.yaml"))
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("logging"), "{err}");
-    let dir = tempfile::tempdir().unwrap();
-    common::write_config(
-        dir.path(),
-        &gateway_yaml(
-            18080,
-            19090,
-            "logging: { level: loud, format: xml }\nupstreams:\n  app: { targets: [\"127.0.0.1:9\"] }\n",
-        ),
-        &[("p.yaml", &common::public_catch_all(""))],
-    );
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .arg("check")
-        .arg("--config")
-        .arg(dir.path().join("gateway.yaml"))
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (ok, err) = check("logging: { level: info, format: json, access: true }\n");
+    assert!(!ok);
+    assert!(err.contains("logging") && err.contains("access"), "{err}");
+    let (ok, err) = check("logging: { level: loud, format: xml }\n");
+    assert!(!ok);
     assert!(
         err.contains("logging.level: \"loud\": error, warn, info, debug, trace or off")
             && err.contains("logging.format: \"xml\": text or json"),
         "both errors at once: {err}"
     );
+    let (ok, err) = check("logging: { level: debug, format: json, access_log: false }\n");
+    assert!(ok, "{err}");
 }
