@@ -60,7 +60,11 @@ impl Subject<'_> {
 }
 
 fn key(s: &Subject<'_>, what: &str) -> String {
-    format!("reg:{{{}}}:{what}", s.hash())
+    key_of(&s.hash(), what)
+}
+
+fn key_of(hash: &str, what: &str) -> String {
+    format!("reg:{{{hash}}}:{what}")
 }
 
 /// Why a login may not start now, and for how long.
@@ -147,8 +151,12 @@ pub async fn address_counts(
     ip: IpAddr,
     now_ms: u64,
 ) -> Result<crate::risk::AddressCounts, StoreError> {
-    let s = Subject::Ip(ip);
-    let (f, a, u) = (key(&s, "failures"), key(&s, "accounts"), key(&s, "signups"));
+    let h = Subject::Ip(ip).hash();
+    let (f, a, u) = (
+        key_of(&h, "failures"),
+        key_of(&h, "accounts"),
+        key_of(&h, "signups"),
+    );
     let n = store.index_counts(&[&f, &a, &u], now_ms).await?;
     let at = |i: usize| n.get(i).copied().unwrap_or(0);
     Ok(crate::risk::AddressCounts {

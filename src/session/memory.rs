@@ -248,6 +248,19 @@ impl SessionStore for MemoryStore {
         Ok(due.into_iter().map(|(_, m)| m).collect())
     }
 
+    async fn index_counts(&self, keys: &[&str], now_ms: u64) -> Result<Vec<u64>, StoreError> {
+        // One lock for all of them.
+        let inner = self.lock();
+        Ok(keys
+            .iter()
+            .map(|k| {
+                inner.indexes.get(*k).map_or(0, |m| {
+                    m.values().filter(|exp| **exp > now_ms).count() as u64
+                })
+            })
+            .collect())
+    }
+
     async fn index_count(&self, key: &str, now_ms: u64) -> Result<u64, StoreError> {
         let mut inner = self.lock();
         let Some(m) = inner.indexes.get_mut(key) else {
