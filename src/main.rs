@@ -440,12 +440,13 @@ fn run(path: &std::path::Path) -> ExitCode {
         .collect();
     let admin = cfg.admin.addr;
     match server::build(cfg, Vec::new()) {
-        Ok((server, _gw)) => {
+        Ok((server, gw)) => {
             log::info!(
                 "portcullis listening on {}; admin on http://{admin}",
                 listeners.join(", ")
             );
-            server.run_forever()
+            server::run(server, gw);
+            ExitCode::SUCCESS
         }
         Err(e) => {
             eprintln!("error: {e}");

@@ -318,6 +318,9 @@ pub struct Gateway {
     generation: AtomicU64,
     /// Serialises reloads (SIGHUP and the file watcher may race).
     reload_lock: std::sync::Mutex<()>,
+    /// Set on `SIGTERM` while `shutdown.drain` runs: `/readyz` answers 503 so that load
+    /// balancers stop sending new requests before the listeners close.
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 impl Gateway {
@@ -334,6 +337,7 @@ impl Gateway {
             config_path: path,
             generation: AtomicU64::new(1),
             reload_lock: std::sync::Mutex::new(()),
+            draining: std::sync::atomic::AtomicBool::new(false),
         })
     }
 

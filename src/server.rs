@@ -9,7 +9,7 @@ use crate::runtime::Gateway;
 use crate::tasks::GatewayTasks;
 use pingora::apps::http_app::HttpServer;
 use pingora::server::configuration::{Opt, ServerConf};
-use pingora::server::Server;
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 use pingora::services::ServiceWithDependents;
@@ -108,4 +108,56 @@ pub fn build(
         server.add_boxed_service(s);
     }
     Ok((server, gateway))
+}
+
+/// Pingora's signals (`SIGQUIT` upgrade, `SIGTERM` graceful, `SIGINT` fast), with a drain
+/// before a graceful stop: on `SIGTERM` the gateway first answers `/readyz` with 503 for
+/// `shutdown.drain` while it goes on serving, so load balancers and Kubernetes take it
+/// out of rotation before its listeners close. A second `SIGTERM` ends the drain early,
+/// `SIGINT` stops at once.
+pub struct DrainingShutdown {
+    pub gateway: Arc<Gateway>,
+}
+
+#[async_trait::async_trait]
+impl ShutdownSignalWatch for DrainingShutdown {
+    async fn recv(&self) -> ShutdownSignal {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut quit), Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::quit()),
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            log::error!("cannot listen for signals; no drain on SIGTERM");
+            return pingora::server::UnixShutdownSignalWatch.recv().await;
+        };
+        tokio::select! {
+            _ = quit.recv() => return ShutdownSignal::GracefulUpgrade,
+            _ = int.recv() => return ShutdownSignal::FastShutdown,
+            _ = term.recv() => {}
+        }
+        let drain = self.gateway.snapshot().config.shutdown_drain;
+        if drain.is_zero() {
+            return ShutdownSignal::GracefulTerminate;
+        }
+        self.gateway
+            .draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        log::info!(
+            "SIGTERM: draining for {} (/readyz answers 503), then shutting down",
+            humantime::format_duration(drain)
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(drain) => ShutdownSignal::GracefulTerminate,
+            _ = term.recv() => ShutdownSignal::GracefulTerminate,
+            _ = int.recv() => ShutdownSignal::FastShutdown,
+        }
+    }
+}
+
+/// Runs `server` until it is stopped, with [`DrainingShutdown`].
+pub fn run(server: Server, gateway: Arc<Gateway>) {
+    server.run(RunArgs {
+        shutdown_signal: Box::new(DrainingShutdown { gateway }),
+    });
 }

@@ -54,6 +54,21 @@ impl AdminApp {
 
     async fn ready(&self) -> Response<Vec<u8>> {
         let rt = self.gateway.snapshot();
+        // Shutting down: out of rotation first, while requests in flight (and any that
+        // still arrive) are served.
+        if self
+            .gateway
+            .draining
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({
+                    "status": "draining",
+                    "config_generation": rt.generation,
+                }),
+            );
+        }
         let upstreams: serde_json::Map<String, serde_json::Value> = rt
             .upstreams
             .iter()

@@ -232,6 +232,21 @@ impl Builder<'_> {
         }
     }
 
+    pub(super) fn shutdown_drain(&mut self) -> Duration {
+        let raw: RawShutdown = match self.root.get("shutdown") {
+            None => RawShutdown::default(),
+            Some(n) => self.decode(n, "shutdown").unwrap_or_default(),
+        };
+        let drain = self.duration(&raw.drain, "shutdown.drain", Duration::ZERO);
+        if drain > Duration::from_secs(300) {
+            self.err(
+                "shutdown.drain",
+                "at most 5m (load balancers notice a failing readiness probe in seconds)",
+            );
+        }
+        drain
+    }
+
     pub(super) fn logging(&mut self) -> crate::logging::LoggingSpec {
         use crate::logging::{LogFormat, LoggingSpec};
         let raw: RawLogging = match self.root.get("logging") {

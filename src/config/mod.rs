@@ -65,6 +65,9 @@ pub struct GatewayConfig {
     pub audit: crate::audit::AuditOutput,
     /// Log level and format, and the access log.
     pub logging: crate::logging::LoggingSpec,
+    /// After `SIGTERM`, how long `/readyz` answers 503 while requests are still served,
+    /// before the listeners close (`shutdown.drain`).
+    pub shutdown_drain: Duration,
     /// Risk signals and the gateway's mode.
     pub risk: RiskSpec,
     pub assertion: AssertionSpec,
@@ -205,6 +208,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "login",
     "audit",
     "logging",
+    "shutdown",
     "rate_limits",
     "risk",
 ];
@@ -413,6 +417,7 @@ impl<'a> Builder<'a> {
         let login = self.login(&rate_limits);
         let audit = self.audit(base);
         let logging = self.logging();
+        let shutdown_drain = self.shutdown_drain();
         let mut geo_stamps = FileStamps::default();
         let risk = self.risk(base, login.regulation.is_some(), &mut geo_stamps);
         if risk.weights.new_device != 0
@@ -505,6 +510,7 @@ impl<'a> Builder<'a> {
             login,
             audit,
             logging,
+            shutdown_drain,
             risk,
             assertion,
             warnings: Vec::new(),

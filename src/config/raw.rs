@@ -401,6 +401,13 @@ pub struct RawAudit {
 
 #[derive(Deserialize, Debug, Default)]
 #[serde(deny_unknown_fields)]
+pub struct RawShutdown {
+    #[serde(default)]
+    pub drain: Option<String>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
 pub struct RawLogging {
     #[serde(default)]
     pub level: Option<String>,

@@ -334,6 +334,11 @@ impl Gateway {
         self.child.id()
     }
 
+    /// The exit status, once the process has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// Sends raw bytes to the gateway and reads the whole response (send `Connection: close`).
     pub async fn raw(&self, bytes: &[u8]) -> Response {
         send(self.port, bytes).await
