@@ -74,7 +74,7 @@ impl<C: GovernorClock> Limit<C> {
         };
         for part in &self.spec.key {
             match part {
-                KeyPart::ClientIp => push(&input.client_ip?.to_string()),
+                KeyPart::ClientIp => push(&client_key(input.client_ip?)),
                 KeyPart::Session => push(input.session?),
                 KeyPart::User => push(input.user?),
                 KeyPart::Route => push(input.route),
@@ -105,6 +105,19 @@ impl<C: GovernorClock> Limit<C> {
     /// Forgets keys whose budget is full again, so memory follows active keys only.
     pub fn prune(&self) {
         self.local.retain_recent();
+    }
+}
+
+/// A client address as a limit key: IPv4 per address, IPv6 per /64 (one host or
+/// subscriber network), so a client cannot get a fresh budget by stepping through the
+/// addresses of its own /64, as failed-login regulation also counts it.
+pub fn client_key(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(a) => a.to_string(),
+        std::net::IpAddr::V6(a) => {
+            let s = a.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
     }
 }
 
@@ -210,6 +223,16 @@ mod tests {
         clock.advance(Duration::from_millis(1));
         assert_eq!(l.check_local(&k), Ok(()));
         assert!(l.check_local(&k).is_err());
+    }
+
+    #[test]
+    fn ipv6_clients_share_their_64s_budget() {
+        let l = Limit::new(spec(vec![KeyPart::ClientIp], 60_000, 1));
+        let h = http::HeaderMap::new();
+        let key = |ip: &str| l.key_text(&input(&h, ip)).unwrap();
+        assert_eq!(key("2001:db8:1:2::1"), key("2001:db8:1:2:ffff::9"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_ne!(key("192.0.2.1"), key("192.0.2.2"), "IPv4 per address");
     }
 
     #[test]

@@ -195,6 +195,25 @@ async fn each_client_behind_a_trusted_proxy_has_its_own_budget() {
     assert_eq!(rate_limited(&gw, "per_ip", "limited").await, 2.0);
 }
 
+/// An IPv6 client can send from any address of its /64: they share one budget, and
+/// another /64 has its own.
+#[tokio::test]
+async fn ipv6_addresses_of_one_64_share_a_budget() {
+    let (_echo, gw) = per_ip_gateway().await;
+    for addr in [
+        "2001:db8:1:2::1",
+        "2001:db8:1:2::2",
+        "2001:db8:1:2:ffff:ffff:ffff:fffe",
+    ] {
+        let r = gw.get("/limited", &[("X-Forwarded-For", addr), JSON]).await;
+        assert_eq!(r.status, 200, "{addr}: {}", r.text());
+    }
+    let fourth = [("X-Forwarded-For", "2001:db8:1:2:dead:beef::9"), JSON];
+    assert_limited(&gw.get("/limited", &fourth).await, DAY);
+    let other = [("X-Forwarded-For", "2001:db8:1:3::1"), JSON];
+    assert_eq!(gw.get("/limited", &other).await.status, 200);
+}
+
 #[tokio::test]
 async fn an_untrusted_x_forwarded_for_gives_no_new_budget() {
     let (echo, gw) = per_ip_gateway().await;
