@@ -10,7 +10,7 @@ mod common;
 
 use common::browser::{Browser, Page};
 use common::identity::{session_yaml, wait_discovered, with_test_idp, IdpGateway, POLICY};
-use common::oidc_provider::{OidcClientSpec, OidcProvider};
+use common::oidc_provider::OidcProvider;
 use common::redis::RedisServer;
 use common::test_idp::{Misbehaviour, TestIdp};
 use common::{free_port, gateway_yaml, series_value, upstream_app, Echo, Gateway};
@@ -161,33 +161,14 @@ struct OpSetup {
 
 async fn op_setup() -> OpSetup {
     let echo = Echo::start().await;
-    // The provider needs the redirect URI before the gateway runs.
-    let port = free_port();
-    let admin_port = free_port();
-    let redirect = format!("http://127.0.0.1:{port}/.portcullis/callback");
-    let op = OidcProvider::start(vec![OidcClientSpec::new(
-        "portcullis",
+    let (op, gw) = common::oidc_provider::with_gateway(
         OP_SECRET,
-        &redirect,
-    )])
-    .await;
-    let extra = format!(
-        "{}providers:\n  - id: op\n    issuer: \"{}\"\n    client_id: portcullis\n    client_secret: {{ file: client-secret }}\n    scopes: [openid, email, profile, groups]\n    acr_levels: {{ loa1: \"urn:portcullis:loa:1\", loa2: \"urn:portcullis:loa:2\" }}\n{}",
-        session_yaml(None),
-        op.issuer,
-        upstream_app(echo.addr)
-    );
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("client-secret"), OP_SECRET).unwrap();
-    let gw = Gateway::start_in(
-        dir,
-        &gateway_yaml(port, admin_port, &extra),
-        port,
-        admin_port,
-        &[("routes.yaml", OP_POLICY)],
+        &echo,
+        &session_yaml(None),
+        "    scopes: [openid, email, profile, groups]\n    acr_levels: { loa1: \"urn:portcullis:loa:1\", loa2: \"urn:portcullis:loa:2\" }",
+        OP_POLICY,
     )
     .await;
-    wait_discovered(&gw).await;
     OpSetup { op, gw, echo }
 }
 

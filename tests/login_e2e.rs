@@ -6,10 +6,10 @@
 mod common;
 
 use common::browser::{Browser, Page};
-use common::identity::{session_yaml, ProviderSetup};
-use common::oidc_provider::{OidcClientSpec, OidcProvider};
+use common::identity::session_yaml;
+use common::oidc_provider::OidcProvider;
 use common::redis::RedisServer;
-use common::{free_port, Echo, Gateway};
+use common::{Echo, Gateway};
 
 const SECRET: &str = "e2e-client-secret-0123456789abcdef";
 
@@ -51,13 +51,8 @@ struct Setup {
     _redis: Option<RedisServer>,
 }
 
-/// The provider needs the redirect URI before the gateway runs, so the gateway's port
-/// is chosen first and handed to both.
 async fn setup(redis: bool) -> Setup {
     let echo = Echo::start().await;
-    let port = free_port();
-    let redirect = format!("http://127.0.0.1:{port}/.portcullis/callback");
-    let op = OidcProvider::start(vec![OidcClientSpec::new("portcullis", SECRET, &redirect)]).await;
     let redis_server = if redis {
         Some(RedisServer::start().await)
     } else {
@@ -67,16 +62,12 @@ async fn setup(redis: bool) -> Setup {
         Some(r) => session_yaml(Some((&r.url(), "e2e:"))),
         None => session_yaml(None),
     };
-    let gw = gateway_for_port(
-        port,
+    let (op, gw) = common::oidc_provider::with_gateway(
+        SECRET,
         &echo,
-        &ProviderSetup {
-            issuer: &op.issuer,
-            client_id: "portcullis",
-            client_secret: SECRET,
-            extra: "    scopes: [openid, email, profile, groups]\n    userinfo: true\n    acr_levels: { basic: \"urn:portcullis:loa:1\", strong: \"urn:portcullis:loa:2\" }\n",
-        },
         &session,
+        "    scopes: [openid, email, profile, groups]\n    userinfo: true\n    acr_levels: { basic: \"urn:portcullis:loa:1\", strong: \"urn:portcullis:loa:2\" }\n",
+        POLICY,
     )
     .await;
     Setup {
@@ -85,30 +76,6 @@ async fn setup(redis: bool) -> Setup {
         echo,
         _redis: redis_server,
     }
-}
-
-async fn gateway_for_port(port: u16, echo: &Echo, p: &ProviderSetup<'_>, session: &str) -> Gateway {
-    // identity::gateway_for picks its own port; this one must be the one registered.
-    let admin_port = free_port();
-    let extra = format!(
-        "{session}providers:\n  - id: op\n    issuer: \"{}\"\n    client_id: \"{}\"\n    client_secret: {{ file: client-secret }}\n{}\n{}",
-        p.issuer,
-        p.client_id,
-        p.extra,
-        common::upstream_app(echo.addr)
-    );
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("client-secret"), p.client_secret).unwrap();
-    let gw = Gateway::start_in(
-        dir,
-        &common::gateway_yaml(port, admin_port, &extra),
-        port,
-        admin_port,
-        &[("routes.yaml", POLICY)],
-    )
-    .await;
-    common::identity::wait_discovered(&gw).await;
-    gw
 }
 
 /// Opens `path`, signs in at the provider, and follows the way back.

@@ -12,10 +12,10 @@
 mod common;
 
 use common::browser::{Browser, Page};
-use common::identity::{session_yaml, wait_discovered, with_test_idp, IdpGateway, ProviderSetup};
-use common::oidc_provider::{OidcClientSpec, OidcProvider};
+use common::identity::{session_yaml, with_test_idp, IdpGateway};
+use common::oidc_provider::OidcProvider;
 use common::test_idp::TokenHeader;
-use common::{free_port, series_value, Echo, Gateway};
+use common::{series_value, Echo, Gateway};
 use portcullis::auth::authorize;
 use portcullis::clock::{Clock, FakeClock};
 use portcullis::config;
@@ -895,35 +895,14 @@ fn provider_logins(op: &OidcProvider, acr: &str) -> usize {
 #[tokio::test]
 async fn with_oidc_provider_the_one_time_code_steps_the_session_up() {
     let echo = Echo::start().await;
-    let port = free_port();
-    let admin_port = free_port();
-    let redirect = format!("http://127.0.0.1:{port}/.portcullis/callback");
-    let op = OidcProvider::start(vec![OidcClientSpec::new("portcullis", SECRET, &redirect)]).await;
-    let p = ProviderSetup {
-        issuer: &op.issuer,
-        client_id: "portcullis",
-        client_secret: SECRET,
-        extra: "    scopes: [openid, email, profile, groups]\n    acr_levels: { loa1: \"urn:portcullis:loa:1\", loa2: \"urn:portcullis:loa:2\" }\n",
-    };
-    let extra = format!(
-        "{}providers:\n  - id: op\n    issuer: \"{}\"\n    client_id: \"{}\"\n    client_secret: {{ file: client-secret }}\n{}\n{}",
-        session_yaml(None),
-        p.issuer,
-        p.client_id,
-        p.extra,
-        common::upstream_app(echo.addr)
-    );
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("client-secret"), p.client_secret).unwrap();
-    let gw = Gateway::start_in(
-        dir,
-        &common::gateway_yaml(port, admin_port, &extra),
-        port,
-        admin_port,
-        &[("routes.yaml", E2E_POLICY)],
+    let (op, gw) = common::oidc_provider::with_gateway(
+        SECRET,
+        &echo,
+        &session_yaml(None),
+        "    scopes: [openid, email, profile, groups]\n    acr_levels: { loa1: \"urn:portcullis:loa:1\", loa2: \"urn:portcullis:loa:2\" }\n",
+        E2E_POLICY,
     )
     .await;
-    wait_discovered(&gw).await;
 
     /// Signs in with the password alone (loa:1) through /account.
     async fn base_login(gw: &Gateway, op: &OidcProvider, b: &Browser) {

@@ -264,3 +264,38 @@ pub fn fingerprint(token: &str) -> String {
         .map(|b| format!("{b:02x}"))
         .collect()
 }
+
+/// The real provider with one client `portcullis` (secret `secret`) registered for a
+/// gateway that is then started in front of `echo` with provider `op` (`provider_extra`:
+/// more lines of its entry, indented by 4 spaces), the `session` section and `policy`.
+/// The gateway's port is picked first, since the provider needs its redirect URI before
+/// the gateway runs. Returns once the gateway has discovered the provider.
+pub async fn with_gateway(
+    secret: &str,
+    echo: &super::Echo,
+    session: &str,
+    provider_extra: &str,
+    policy: &str,
+) -> (OidcProvider, super::Gateway) {
+    let port = super::free_port();
+    let admin_port = super::free_port();
+    let redirect = format!("http://127.0.0.1:{port}/.portcullis/callback");
+    let op = OidcProvider::start(vec![OidcClientSpec::new("portcullis", secret, &redirect)]).await;
+    let extra = format!(
+        "{session}providers:\n  - id: op\n    issuer: \"{}\"\n    client_id: portcullis\n    client_secret: {{ file: client-secret }}\n{provider_extra}\n{}",
+        op.issuer,
+        super::upstream_app(echo.addr)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("client-secret"), secret).unwrap();
+    let gw = super::Gateway::start_in(
+        dir,
+        &super::gateway_yaml(port, admin_port, &extra),
+        port,
+        admin_port,
+        &[("routes.yaml", policy)],
+    )
+    .await;
+    super::identity::wait_discovered(&gw).await;
+    (op, gw)
+}
