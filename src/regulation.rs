@@ -41,11 +41,9 @@ impl Subject<'_> {
 
     fn hash(&self) -> String {
         let text = match self {
-            Subject::Ip(IpAddr::V4(a)) => format!("ip|{a}"),
-            Subject::Ip(IpAddr::V6(a)) => {
-                let s = a.segments();
-                format!("ip6|{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
-            }
+            // `ip|<address>`, `ip6|<first four groups>::/64` (docs/abuse.md).
+            Subject::Ip(ip @ IpAddr::V4(_)) => format!("ip|{}", crate::ratelimit::client_key(*ip)),
+            Subject::Ip(ip @ IpAddr::V6(_)) => format!("ip6|{}", crate::ratelimit::client_key(*ip)),
             Subject::Account(a) => format!("account|{}", a.trim().to_lowercase()),
         };
         keys::sha256_hex(text.as_bytes())
@@ -388,5 +386,11 @@ mod tests {
         let c = Subject::Ip("2001:db8:1:3::1".parse().unwrap());
         assert_eq!(a.hash(), b.hash());
         assert_ne!(a.hash(), c.hash());
+        // The texts docs/abuse.md gives for lifting a ban by hand.
+        assert_eq!(a.hash(), keys::sha256_hex(b"ip6|2001:db8:1:2::/64"));
+        assert_eq!(
+            Subject::Ip("192.0.2.7".parse().unwrap()).hash(),
+            keys::sha256_hex(b"ip|192.0.2.7")
+        );
     }
 }

@@ -119,16 +119,26 @@ pub fn assess(spec: &RiskSpec, route: &RouteRisk, s: &Session, facts: &Facts<'_>
     let w = &spec.weights;
     let mut a = Assessment::default();
     a.add("route_sensitivity", route.sensitivity);
-    if w.ip_changed != 0 {
+    let geo = spec
+        .geoip
+        .as_ref()
+        .filter(|_| w.country_changed != 0 || w.impossible_travel.is_some());
+    // Where the session signed in and where the request comes from, when they are in
+    // different networks: what ip_changed and the GeoIP signals look at.
+    let moved = if w.ip_changed != 0 || geo.is_some() {
         let at_login = s
             .client_ip
             .as_deref()
             .and_then(|i| i.parse::<IpAddr>().ok());
-        if let (Some(then), Some(now)) = (at_login, facts.client_ip) {
-            if network(then) != network(now) {
-                a.add("ip_changed", w.ip_changed);
-            }
+        match (at_login, facts.client_ip) {
+            (Some(then), Some(now)) if network(then) != network(now) => Some((then, now)),
+            _ => None,
         }
+    } else {
+        None
+    };
+    if moved.is_some() {
+        a.add("ip_changed", w.ip_changed);
     }
     if w.user_agent_changed != 0 {
         if let (Some(then), Some(now)) = (s.user_agent.as_deref(), facts.user_agent) {
@@ -170,33 +180,23 @@ pub fn assess(spec: &RiskSpec, route: &RouteRisk, s: &Session, facts: &Facts<'_>
     if s.new_device {
         a.add("new_device", w.new_device);
     }
-    if let Some(geo) = &spec.geoip {
-        if w.country_changed != 0 || w.impossible_travel.is_some() {
-            geo_signals(&mut a, &geo.db, w, s, facts);
-        }
+    if let (Some(geo), Some(moved)) = (geo, moved) {
+        geo_signals(&mut a, &geo.db, w, s, moved, facts.now_s);
     }
     a
 }
 
-/// `country_changed` and `impossible_travel`: where the session signed in against where
-/// the request comes from. Silent when either address is not in the database.
+/// `country_changed` and `impossible_travel`: where the session signed in (`then`)
+/// against where the request comes from (`now`), two different networks. Silent when
+/// either address is not in the database.
 fn geo_signals(
     a: &mut Assessment,
     db: &crate::geoip::GeoIp,
     w: &crate::config::SignalWeights,
     s: &Session,
-    facts: &Facts<'_>,
+    (then, now): (IpAddr, IpAddr),
+    now_s: u64,
 ) {
-    let then = s
-        .client_ip
-        .as_deref()
-        .and_then(|i| i.parse::<IpAddr>().ok());
-    let (Some(then), Some(now)) = (then, facts.client_ip) else {
-        return;
-    };
-    if network(then) == network(now) {
-        return;
-    }
     let (Some(from), Some(to)) = (db.locate(then), db.locate(now)) else {
         return;
     };
@@ -210,9 +210,7 @@ fn geo_signals(
         if km > 0.0 {
             // Hours since sign-in, at least a minute (two requests a second apart from
             // two continents are still impossible, but not infinitely so).
-            let since_ms = (facts.now_s * 1000)
-                .saturating_sub(s.created_ms)
-                .max(60_000);
+            let since_ms = (now_s * 1000).saturating_sub(s.created_ms).max(60_000);
             let kmh = km / (since_ms as f64 / 3_600_000.0);
             if kmh > f64::from(max_kmh) {
                 a.add("impossible_travel", weight);

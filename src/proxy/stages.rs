@@ -257,9 +257,12 @@ pub async fn refuse_or_pass(
         auth::authorize_from(&rt, route, &session.req_header().headers, ctx.client_ip).await;
     ctx.decision = decision.label();
     ctx.reason = decision.reason();
-    ctx.user = identity
-        .as_ref()
-        .map(|a| crate::audit::pseudonym(&a.identity.user_key()));
+    // The pseudonym is a hash: computed only when the access log will print it.
+    if rt.config.logging.access_log {
+        ctx.user = identity
+            .as_ref()
+            .map(|a| crate::audit::pseudonym(&a.identity.user_key()));
+    }
     if decision == Decision::Allow {
         if limited(
             session,
@@ -722,20 +725,15 @@ pub fn record(session: &Session, ctx: &RequestCtx) {
         .responded
         .unwrap_or_else(|| session.response_written().map_or(0, |r| r.status.as_u16()));
     let elapsed = ctx.started.elapsed().as_secs_f64();
-    let metrics = match ctx.route {
-        _ if ctx.endpoint => &ctx.rt.endpoints,
-        Some(i) => &ctx.rt.routes[i].metrics,
-        None => &ctx.rt.unmatched,
+    let (metrics, route) = match ctx.route {
+        _ if ctx.endpoint => (&ctx.rt.endpoints, crate::runtime::ENDPOINTS_ROUTE),
+        Some(i) => (&ctx.rt.routes[i].metrics, &*ctx.rt.routes[i].name),
+        None => (&ctx.rt.unmatched, crate::metrics::NO_ROUTE),
     };
     if status > 0 {
         metrics.record(status, elapsed);
     }
     if ctx.rt.config.logging.access_log {
-        let route = match ctx.route {
-            _ if ctx.endpoint => crate::runtime::ENDPOINTS_ROUTE,
-            Some(i) => &ctx.rt.routes[i].name,
-            None => crate::metrics::NO_ROUTE,
-        };
         let line = crate::logging::Access {
             request_id: &ctx.request_id,
             method: session.req_header().method.as_str(),
